@@ -1,0 +1,118 @@
+//! Authentication: who is making this request. One `Identity` (a user of the current snapshot)
+//! behind two kinds of credential: a session cookie or a signed JWT.
+
+pub mod cookies;
+pub mod jwt;
+pub mod password;
+pub mod revocation;
+pub mod session;
+pub mod users;
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::config::AuthMode;
+use crate::pipeline::headers::{find_cookie, CookieLookup};
+use crate::state::{Live, Runtime};
+use session::unix_now;
+use users::User;
+
+/// The credential that authenticated a request.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A session-store entry.
+    Session(Arc<session::SessionData>),
+    /// A verified JWT.
+    Jwt(Arc<jwt::VerifiedToken>),
+}
+
+/// A successfully authenticated request.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The user, from the current snapshot.
+    pub user: Arc<User>,
+    /// How they proved it.
+    pub credential: Credential,
+    /// A re-issued cookie (JWT sliding renewal) to send with the response.
+    pub renew: Option<HeaderValue>,
+}
+
+/// Where the raw credential was found.
+enum Source<'a> {
+    Cookie(&'a str),
+    Bearer(&'a str),
+}
+
+fn credential_source<'a>(rt: &Runtime, headers: &'a HeaderMap) -> Option<Source<'a>> {
+    match find_cookie(headers, &rt.config.auth.cookie_name) {
+        CookieLookup::One(v) => return Some(Source::Cookie(v)),
+        CookieLookup::Ambiguous => return None,
+        CookieLookup::Absent => {}
+    }
+    if rt.bearer_enabled() {
+        let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(Source::Bearer(token.trim()));
+        }
+    }
+    None
+}
+
+/// Authenticates a request from its headers. `None` means anonymous; every failure is anonymous
+/// (fail closed), and the reason is logged at debug level without the credential.
+pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Authenticated> {
+    let src = credential_source(rt, headers)?;
+    match rt.config.auth.mode {
+        AuthMode::Session => {
+            let Source::Cookie(v) = src else { return None };
+            let s = live.sessions.get(v)?;
+            let user = rt.users.get(&s.username)?.clone();
+            Some(Authenticated { user, credential: Credential::Session(s), renew: None })
+        }
+        AuthMode::Jwt => {
+            let keys = rt.jwt.as_ref()?;
+            let token = match src {
+                Source::Cookie(v) | Source::Bearer(v) => v,
+            };
+            let now = unix_now();
+            let max_lifetime = rt.config.auth.max_lifetime;
+            let vt = match live.token_cache.verify(keys, token, now, max_lifetime) {
+                Ok(vt) => vt,
+                Err(e) => {
+                    tracing::debug!(reason = %e, "jwt rejected");
+                    return None;
+                }
+            };
+            if live.revocations.is_jti_revoked(&vt.jti) || live.revocations.is_user_revoked(&vt.sub, vt.iat) {
+                tracing::debug!(user = %vt.sub, "jwt revoked");
+                return None;
+            }
+            let user = rt.users.get(&vt.sub)?.clone();
+            let renew = if matches!(src, Source::Cookie(_)) { renew_if_due(rt, &user, &vt, now) } else { None };
+            Some(Authenticated { user, credential: Credential::Jwt(vt), renew })
+        }
+    }
+}
+
+/// Sliding renewal: a fresh cookie once less than half the ttl is left, never past max_lifetime.
+fn renew_if_due(rt: &Runtime, user: &User, vt: &jwt::VerifiedToken, now: u64) -> Option<HeaderValue> {
+    let jwt_cfg = rt.config.auth.jwt.as_ref()?;
+    let ttl = jwt_cfg.ttl.as_secs();
+    let deadline = vt.auth_time.saturating_add(rt.config.auth.max_lifetime.as_secs());
+    if vt.exp.saturating_sub(now) >= ttl / 2 || vt.exp >= deadline {
+        return None;
+    }
+    issue_jwt_cookie(rt, user, vt.auth_time, now).ok()
+}
+
+/// Issues a JWT for `user` and returns its Set-Cookie value.
+pub fn issue_jwt_cookie(rt: &Runtime, user: &User, auth_time: u64, now: u64) -> Result<HeaderValue, String> {
+    let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
+    let issued = keys
+        .issue(&user.username, user.email.as_deref(), &user.groups, auth_time, now, rt.config.auth.max_lifetime)
+        .map_err(|e| e.to_string())?;
+    let max_age = issued.claims.exp.saturating_sub(now);
+    cookies::session_cookie(&rt.config, &issued.token, max_age)
+}

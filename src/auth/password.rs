@@ -1,0 +1,132 @@
+//! Password hashes: argon2id PHC strings (and bcrypt for htpasswd imports), checked at load and
+//! verified on a bounded blocking pool so that hashing never stalls the proxy.
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::Argon2;
+
+/// argon2 memory cost bounds in KiB: below 8 MiB is too cheap to resist GPUs; above 1 GiB a
+/// handful of logins would exhaust the machine.
+const ARGON2_M_COST: std::ops::RangeInclusive<u32> = 8 * 1024..=1024 * 1024;
+/// argon2 passes: 1..=16 covers every recommended profile.
+const ARGON2_T_COST: std::ops::RangeInclusive<u32> = 1..=16;
+/// argon2 lanes.
+const ARGON2_P_COST: std::ops::RangeInclusive<u32> = 1..=16;
+/// bcrypt cost bounds: below 8 is trivially brute-forced, above 16 takes seconds per login.
+const BCRYPT_COST: std::ops::RangeInclusive<u32> = 8..=16;
+/// bcrypt only reads 72 bytes of password; longer ones are refused instead of silently truncated.
+pub const BCRYPT_MAX_PASSWORD: usize = 72;
+
+/// A parsed, validated password hash.
+#[derive(Clone)]
+pub enum PasswordHashKind {
+    /// argon2 PHC string.
+    Argon2(String),
+    /// bcrypt `$2b$`/`$2y$`/`$2a$`.
+    Bcrypt(String),
+}
+
+impl std::fmt::Debug for PasswordHashKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Argon2(_) => "Argon2(..)",
+            Self::Bcrypt(_) => "Bcrypt(..)",
+        })
+    }
+}
+
+/// Checks a configured hash: format and sane cost parameters.
+pub fn check_hash(s: &str) -> Result<PasswordHashKind, String> {
+    if s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2a$") {
+        let cost: u32 = s.get(4..6).and_then(|c| c.parse().ok()).ok_or("malformed bcrypt hash")?;
+        if s.len() != 60 {
+            return Err("malformed bcrypt hash (expected 60 characters)".into());
+        }
+        if !BCRYPT_COST.contains(&cost) {
+            return Err(format!("bcrypt cost {cost} outside the sane range {BCRYPT_COST:?}"));
+        }
+        return Ok(PasswordHashKind::Bcrypt(s.to_string()));
+    }
+    let h = PasswordHash::new(s).map_err(|e| format!("not an argon2 PHC string ({e}); generate one with `authgate hash-password`"))?;
+    match h.algorithm.as_str() {
+        "argon2id" | "argon2i" | "argon2d" => {}
+        other => return Err(format!("unsupported hash algorithm {other:?} (expected argon2id or bcrypt)")),
+    }
+    let params = argon2::Params::try_from(&h).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    if !ARGON2_M_COST.contains(&params.m_cost()) {
+        return Err(format!("argon2 memory cost m={} KiB outside the sane range {ARGON2_M_COST:?}", params.m_cost()));
+    }
+    if !ARGON2_T_COST.contains(&params.t_cost()) {
+        return Err(format!("argon2 time cost t={} outside the sane range {ARGON2_T_COST:?}", params.t_cost()));
+    }
+    if !ARGON2_P_COST.contains(&params.p_cost()) {
+        return Err(format!("argon2 parallelism p={} outside the sane range {ARGON2_P_COST:?}", params.p_cost()));
+    }
+    if h.hash.is_none() || h.salt.is_none() {
+        return Err("argon2 PHC string lacks salt or hash".into());
+    }
+    Ok(PasswordHashKind::Argon2(s.to_string()))
+}
+
+/// Verifies a password. CPU-heavy: call on the blocking pool.
+pub fn verify(hash: &PasswordHashKind, password: &[u8]) -> bool {
+    match hash {
+        PasswordHashKind::Argon2(phc) => match PasswordHash::new(phc) {
+            Ok(h) => Argon2::default().verify_password(password, &h).is_ok(),
+            Err(_) => false,
+        },
+        PasswordHashKind::Bcrypt(h) => {
+            if password.len() > BCRYPT_MAX_PASSWORD {
+                // Still burn the time so that length does not show in timing.
+                let _ = bcrypt::verify(&password[..BCRYPT_MAX_PASSWORD], h);
+                return false;
+            }
+            bcrypt::verify(password, h).unwrap_or(false)
+        }
+    }
+}
+
+/// Hashes a password with argon2id at OWASP's recommended cost (m=19 MiB, t=2, p=1).
+pub fn hash(password: &[u8]) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| format!("OS random generator failed: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let params = argon2::Params::new(19 * 1024, 2, 1, None).map_err(|e| e.to_string())?;
+    let a = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    a.hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+}
+
+/// A hash of a random password at the default cost: verified for unknown users so that an unknown
+/// username takes as long as a wrong password.
+pub fn dummy_hash() -> PasswordHashKind {
+    let mut pw = [0u8; 32];
+    let _ = getrandom::fill(&mut pw);
+    PasswordHashKind::Argon2(hash(&pw).expect("argon2 hashing with constant parameters"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_then_verify_accepts_right_and_rejects_wrong_password() {
+        let h = check_hash(&hash(b"correct horse").unwrap()).unwrap();
+        assert!(verify(&h, b"correct horse"));
+        assert!(!verify(&h, b"correct horsf"));
+    }
+
+    #[test]
+    fn check_hash_rejects_garbage_and_cheap_params() {
+        assert!(check_hash("plaintext").is_err());
+        assert!(check_hash("$argon2id$v=19$m=16,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap_err().contains("memory cost"));
+        assert!(check_hash("$argon2id$v=19$m=19456,t=99,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap_err().contains("time cost"));
+    }
+
+    #[test]
+    fn bcrypt_password_over_72_bytes_is_refused_not_truncated() {
+        let h = bcrypt::hash("a".repeat(72), 8).unwrap();
+        let kind = check_hash(&h).unwrap();
+        assert!(verify(&kind, "a".repeat(72).as_bytes()));
+        assert!(!verify(&kind, "a".repeat(73).as_bytes()));
+    }
+}

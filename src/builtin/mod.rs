@@ -1,0 +1,3 @@
+//! Built-in upstreams.
+
+pub mod whoami;

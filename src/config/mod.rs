@@ -1,0 +1,937 @@
+//! Configuration: `gateway.toml` → raw serde structs → validated domain types.
+//!
+//! Every problem is collected (not just the first) and names the file, the key path
+//! (`routes[2].upstream`) and, where toml reports one, the line.
+
+mod raw;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::HeaderName;
+use ipnet::IpNet;
+
+pub use raw::{RawConfig, RawJwt, RawUser, RawVerifyKey};
+
+/// Plain HTTP listener when none is configured: loopback only, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Enough for a small team's gateway; beyond it new connections wait in the kernel backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Slowloris bound: a client has this long to send its complete request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TLS handshake that takes longer than this is an attack or a broken client.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish after SIGTERM (below Kubernetes' 30 s default).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Upstream must send response headers within this time (nginx's proxy_read_timeout is 60 s).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request head cap; larger heads get 431. 64 KiB fits any sane cookie jar.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Session inactivity limit (Authelia's default inactivity is 5m, oauth2-proxy has none; 30m is a middle).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Absolute session/token lifetime since login (a working day).
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Bound on live sessions so that a login flood cannot exhaust memory.
+pub const DEFAULT_MAX_SESSIONS: u64 = 1_000_000;
+/// Failed logins per minute, per client address and per username, before 429.
+pub const DEFAULT_LOGIN_FAILURES_PER_MINUTE: u32 = 5;
+/// Concurrent password verifications (argon2 uses ~19 MiB each); the rest queue.
+pub const DEFAULT_LOGIN_CONCURRENCY: usize = 4;
+/// JWT lifetime before a sliding re-issue is needed.
+pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(15 * 60);
+/// Clock skew tolerated on exp/nbf/iat (jsonwebtoken's 60 s default is too generous).
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(5);
+/// Verified-token cache entries.
+pub const DEFAULT_JWT_CACHE_SIZE: u64 = 100_000;
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file in which the problem is.
+    pub file: PathBuf,
+    /// Key path such as `routes[2].upstream`; empty when the whole file is at fault.
+    pub key: String,
+    /// 1-based line, where toml reports one.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (relative paths inside it are resolved against its directory).
+    pub source: PathBuf,
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[auth]`
+    pub auth: AuthConfig,
+    /// `[headers]`
+    pub headers: HeaderNames,
+    /// `[[users]]` and `users_file`, in order.
+    pub users: Vec<UserConfig>,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Plain HTTP listener, if any.
+    pub listen: Option<SocketAddr>,
+    /// External origin, e.g. `https://auth.example.com`.
+    pub public_url: url::Url,
+    /// `scheme://host[:port]` of `public_url`, for Origin checks and redirects.
+    pub public_origin: String,
+    /// Whether `public_url` is https (Secure cookies, `__Host-` prefix).
+    pub https: bool,
+    /// Optional HTTPS listener.
+    pub tls: Option<TlsConfig>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Concurrent connection cap.
+    pub max_connections: usize,
+    /// Time allowed to send a request head.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Request head size cap.
+    pub max_header_bytes: usize,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// HTTPS listener address.
+    pub listen: SocketAddr,
+    /// Certificate chain PEM.
+    pub cert: PathBuf,
+    /// Private key PEM.
+    pub key: PathBuf,
+    /// Handshake time limit.
+    pub handshake_timeout: Duration,
+}
+
+/// Access-log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format (overridden by `AUTHGATE_LOG_FORMAT`).
+    pub format: LogFormat,
+    /// One line per request.
+    pub access_log: bool,
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Opaque session id cookie, looked up in the session store.
+    Session,
+    /// Signed JWT cookie, verified on every request.
+    Jwt,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Session or JWT.
+    pub mode: AuthMode,
+    /// Effective cookie name (`__Host-` prepended under https).
+    pub cookie_name: String,
+    /// Name of the CSRF cookie.
+    pub csrf_cookie_name: String,
+    /// Inactivity limit (session mode).
+    pub idle_timeout: Duration,
+    /// Absolute limit since login.
+    pub max_lifetime: Duration,
+    /// Live-session bound.
+    pub max_sessions: u64,
+    /// Failed logins per minute per address and per username.
+    pub login_failures_per_minute: u32,
+    /// Concurrent password verifications.
+    pub login_concurrency: usize,
+    /// `[auth.jwt]`, validated but with keys not yet loaded.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// JWT signing/verification algorithm, pinned by configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// Ed25519.
+    EdDSA,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+    /// RSA PKCS#1 v1.5 SHA-256.
+    RS256,
+    /// HMAC SHA-256.
+    HS256,
+}
+
+impl JwtAlgorithm {
+    /// Parses the configuration spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "EdDSA" => Some(Self::EdDSA),
+            "ES256" => Some(Self::ES256),
+            "RS256" => Some(Self::RS256),
+            "HS256" => Some(Self::HS256),
+            _ => None,
+        }
+    }
+}
+
+/// Where a key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A file (PEM, or raw secret bytes for HS256).
+    File(PathBuf),
+    /// An environment variable (HS256 secrets).
+    Env(String),
+}
+
+/// A verification-only key (rotation).
+#[derive(Debug, Clone)]
+pub struct VerifyKeyConfig {
+    /// Key id tokens carry in their header.
+    pub kid: String,
+    /// Where the key lives.
+    pub source: KeySource,
+}
+
+/// `[auth.jwt]`
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Pinned algorithm.
+    pub algorithm: JwtAlgorithm,
+    /// Current signing key.
+    pub signing_key: KeySource,
+    /// Kid of the signing key (default: derived from the key).
+    pub kid: Option<String>,
+    /// `iss` claim.
+    pub issuer: String,
+    /// `aud` claim.
+    pub audience: String,
+    /// Token lifetime.
+    pub ttl: Duration,
+    /// Clock skew tolerance.
+    pub leeway: Duration,
+    /// Accept `Authorization: Bearer`.
+    pub accept_bearer: bool,
+    /// Verified-token cache size.
+    pub cache_size: u64,
+    /// Older keys still accepted.
+    pub verify_keys: Vec<VerifyKeyConfig>,
+}
+
+/// Identity header names sent to upstreams.
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    /// Username header.
+    pub user: HeaderName,
+    /// Email header.
+    pub email: HeaderName,
+    /// Comma-separated groups header.
+    pub groups: HeaderName,
+    /// Display name header, if the preset has one.
+    pub name: Option<HeaderName>,
+}
+
+/// Every identity header name any preset uses: stripped from client requests whatever is configured.
+pub const ALL_PRESET_HEADERS: &[&str] = &[
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "x-forwarded-access-token",
+    "remote-user",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+];
+
+/// A user as configured (hash not yet parsed).
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    /// Login name.
+    pub username: String,
+    /// argon2id PHC string or bcrypt hash.
+    pub password_hash: String,
+    /// Email address.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+    /// Marked as the shipped demo user (start-up warning).
+    pub demo: bool,
+    /// Key path for error messages.
+    pub key: String,
+}
+
+/// Route host matcher.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    /// Any host.
+    Any,
+    /// Exactly this (lowercase, no port).
+    Exact(String),
+    /// `*.suffix`: stored as `.suffix`.
+    Suffix(String),
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone)]
+pub enum UpstreamTarget {
+    /// An HTTP(S) server.
+    Http {
+        /// http or https.
+        scheme: Scheme,
+        /// host:port.
+        authority: Authority,
+        /// Path prefix prepended to forwarded paths, without trailing slash ("" for none).
+        base_path: String,
+    },
+    /// `builtin:whoami`.
+    Whoami,
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// Logged-in users (optionally restricted by groups/users).
+    Authenticated,
+}
+
+/// `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Position in the file (for logs).
+    pub index: usize,
+    /// Host matcher.
+    pub host: HostMatch,
+    /// Path prefix without trailing slash ("" for "/").
+    pub path_prefix: String,
+    /// The upstream.
+    pub upstream: UpstreamTarget,
+    /// The original upstream string, for logs.
+    pub upstream_label: String,
+    /// Access policy.
+    pub access: Access,
+    /// Groups allowed (any of), if restricted.
+    pub allow_groups: Option<Vec<String>>,
+    /// Users allowed, if restricted.
+    pub allow_users: Option<Vec<String>>,
+    /// Forward the client's Host instead of the upstream's.
+    pub preserve_host: bool,
+    /// Time to response headers.
+    pub timeout: Duration,
+    /// Extra CA for an https upstream.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Parses a duration such as `30s`, `15m`, `12h`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"30s\", \"15m\", \"12h\""))?;
+    Ok(d)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Deserialises toml text into `T`, turning errors into a [`ConfigError`] with path and line.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    let de = match toml::de::Deserializer::parse(text) {
+        Ok(de) => de,
+        Err(e) => {
+            return Err(ConfigError {
+                file: file.to_path_buf(),
+                key: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                message: e.message().to_string(),
+            })
+        }
+    };
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError {
+            file: file.to_path_buf(),
+            key: if key == "." { String::new() } else { key },
+            line: inner.span().map(|s| line_of(text, s.start)),
+            message: inner.message().to_string(),
+        }
+    })
+}
+
+struct Collector<'a> {
+    file: &'a Path,
+    errors: Vec<ConfigError>,
+}
+
+impl Collector<'_> {
+    fn err(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&str>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match parse_duration(s) {
+                Ok(d) if d.is_zero() => {
+                    self.err(key, "must be greater than zero");
+                    default
+                }
+                Ok(d) => d,
+                Err(m) => {
+                    self.err(key, m);
+                    default
+                }
+            },
+        }
+    }
+}
+
+/// Resolves `p` against the directory of the config file.
+pub fn resolve_path(config_file: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                key: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Validates configuration text; `path` names it in errors and anchors relative paths.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = parse_toml(text, path).map_err(|e| ConfigErrors(vec![e]))?;
+        validate(raw, path)
+    }
+}
+
+fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
+    let mut c = Collector { file, errors: Vec::new() };
+
+    // [server]
+    let listen = match raw.server.listen.as_deref() {
+        None if raw.server.tls.is_some() => None,
+        None => Some(DEFAULT_LISTEN.parse().expect("constant address")),
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.err("server.listen", format!("invalid socket address {s:?} (expected e.g. \"127.0.0.1:8080\")"));
+                None
+            }
+        },
+    };
+    let default_public = format!("http://{}", listen.map(|a| a.to_string()).unwrap_or_else(|| DEFAULT_LISTEN.into()));
+    let public_raw = raw.server.public_url.clone().unwrap_or(default_public);
+    let public_url = match url::Url::parse(&public_raw) {
+        Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
+            if u.path() != "/" || u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+                c.err("server.public_url", "must be an origin only (scheme://host[:port]), without path, query or credentials");
+            }
+            u
+        }
+        Ok(_) => {
+            c.err("server.public_url", format!("{public_raw:?} must be an http:// or https:// URL"));
+            url::Url::parse("http://127.0.0.1:8080").expect("constant url")
+        }
+        Err(e) => {
+            c.err("server.public_url", format!("invalid URL {public_raw:?}: {e}"));
+            url::Url::parse("http://127.0.0.1:8080").expect("constant url")
+        }
+    };
+    let https = public_url.scheme() == "https";
+    let public_origin = public_url.origin().ascii_serialization();
+
+    let tls = raw.server.tls.as_ref().and_then(|t| {
+        let listen = match t.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                c.err("server.tls.listen", format!("invalid socket address {:?}", t.listen));
+                None
+            }
+        };
+        let cert = resolve_path(file, &t.cert);
+        if !cert.is_file() {
+            c.err("server.tls.cert", format!("file not found: {}", cert.display()));
+        }
+        let key = resolve_path(file, &t.key);
+        if !key.is_file() {
+            c.err("server.tls.key", format!("file not found: {}", key.display()));
+        }
+        let handshake_timeout = c.duration("server.tls.handshake_timeout", t.handshake_timeout.as_deref(), DEFAULT_HANDSHAKE_TIMEOUT);
+        listen.map(|listen| TlsConfig { listen, cert, key, handshake_timeout })
+    });
+
+    let mut trusted_proxies = Vec::new();
+    for (i, p) in raw.server.trusted_proxies.iter().enumerate() {
+        let parsed = p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(n) => trusted_proxies.push(n),
+            Err(_) => c.err(format!("server.trusted_proxies[{i}]"), format!("{p:?} is not an IP address or CIDR")),
+        }
+    }
+    let max_connections = raw.server.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        c.err("server.max_connections", "must be at least 1");
+    }
+    let max_header_bytes = raw.server.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+        c.err("server.max_header_bytes", "must be between 8192 and 1048576");
+    }
+    let server = ServerConfig {
+        listen,
+        public_url,
+        public_origin,
+        https,
+        tls,
+        trusted_proxies,
+        max_connections: max_connections.max(1),
+        header_read_timeout: c.duration("server.header_read_timeout", raw.server.header_read_timeout.as_deref(), DEFAULT_HEADER_READ_TIMEOUT),
+        shutdown_grace: c.duration("server.shutdown_grace", raw.server.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE),
+        max_header_bytes,
+    };
+    if server.listen.is_none() && server.tls.is_none() && c.errors.is_empty() {
+        c.err("server.listen", "no listener configured");
+    }
+
+    // [log]
+    let format = match raw.log.format.as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(o) => {
+            c.err("log.format", format!("unknown format {o:?} (expected \"text\" or \"json\")"));
+            LogFormat::Text
+        }
+    };
+    let log = LogConfig { format, access_log: raw.log.access_log.unwrap_or(true) };
+
+    // [auth]
+    let mode = match raw.auth.mode.as_deref() {
+        None | Some("session") => AuthMode::Session,
+        Some("jwt") => AuthMode::Jwt,
+        Some(o) => {
+            c.err("auth.mode", format!("unknown mode {o:?} (expected \"session\" or \"jwt\")"));
+            AuthMode::Session
+        }
+    };
+    let base_cookie = raw.auth.cookie_name.clone().unwrap_or_else(|| "authgate".into());
+    if base_cookie.is_empty() || !base_cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        c.err("auth.cookie_name", "must be non-empty and use only letters, digits, '_' and '-'");
+    }
+    let prefix = if https { "__Host-" } else { "" };
+    let cookie_name = format!("{prefix}{base_cookie}");
+    let csrf_cookie_name = format!("{prefix}{base_cookie}_csrf");
+    let idle_timeout = c.duration("auth.idle_timeout", raw.auth.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT);
+    let max_lifetime = c.duration("auth.max_lifetime", raw.auth.max_lifetime.as_deref(), DEFAULT_MAX_LIFETIME);
+    let max_sessions = raw.auth.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+    if max_sessions == 0 {
+        c.err("auth.max_sessions", "must be at least 1");
+    }
+    let login_failures_per_minute = raw.auth.login_failures_per_minute.unwrap_or(DEFAULT_LOGIN_FAILURES_PER_MINUTE);
+    if login_failures_per_minute == 0 {
+        c.err("auth.login_failures_per_minute", "must be at least 1");
+    }
+    let login_concurrency = raw.auth.login_concurrency.unwrap_or(DEFAULT_LOGIN_CONCURRENCY);
+    if login_concurrency == 0 {
+        c.err("auth.login_concurrency", "must be at least 1");
+    }
+
+    let jwt = match (&raw.auth.jwt, mode) {
+        (Some(j), _) => validate_jwt(j, file, &mut c),
+        (None, AuthMode::Jwt) => {
+            c.err("auth.jwt", "mode = \"jwt\" needs an [auth.jwt] section with signing_key");
+            None
+        }
+        (None, AuthMode::Session) => None,
+    };
+    let auth = AuthConfig {
+        mode,
+        cookie_name,
+        csrf_cookie_name,
+        idle_timeout,
+        max_lifetime,
+        max_sessions: max_sessions.max(1),
+        login_failures_per_minute: login_failures_per_minute.max(1),
+        login_concurrency: login_concurrency.max(1),
+        jwt,
+    };
+
+    // [headers]
+    let headers = validate_headers(&raw.headers, &mut c);
+
+    // users
+    let mut raw_users: Vec<(String, RawUser)> = raw.users.iter().enumerate().map(|(i, u)| (format!("users[{i}]"), u.clone())).collect();
+    if let Some(uf) = &raw.auth.users_file {
+        let path = resolve_path(file, uf);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match parse_toml::<raw::RawUsersFile>(&text, &path) {
+                Ok(f) => raw_users.extend(f.users.into_iter().enumerate().map(|(i, u)| (format!("{}: users[{i}]", path.display()), u))),
+                Err(e) => c.errors.push(e),
+            },
+            Err(e) => c.err("auth.users_file", format!("cannot read {}: {e}", path.display())),
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut users = Vec::new();
+    for (key, u) in raw_users {
+        if let Err(m) = crate::auth::users::validate_username(&u.username) {
+            c.err(format!("{key}.username"), m);
+        }
+        if !seen.insert(u.username.clone()) {
+            c.err(format!("{key}.username"), format!("duplicate username {:?}", u.username));
+        }
+        if let Err(m) = crate::auth::password::check_hash(&u.password_hash) {
+            c.err(format!("{key}.password_hash"), m);
+        }
+        if let Some(e) = &u.email {
+            if let Err(m) = crate::auth::users::validate_header_text(e, false) {
+                c.err(format!("{key}.email"), m);
+            }
+        }
+        if let Some(n) = &u.name {
+            if let Err(m) = crate::auth::users::validate_header_text(n, true) {
+                c.err(format!("{key}.name"), m);
+            }
+        }
+        for (gi, g) in u.groups.iter().enumerate() {
+            if let Err(m) = crate::auth::users::validate_header_text(g, false) {
+                c.err(format!("{key}.groups[{gi}]"), m);
+            }
+        }
+        users.push(UserConfig {
+            username: u.username,
+            password_hash: u.password_hash,
+            email: u.email,
+            name: u.name,
+            groups: u.groups,
+            demo: u.demo,
+            key,
+        });
+    }
+
+    // routes
+    let mut routes = Vec::new();
+    let mut seen_routes = HashSet::new();
+    if raw.routes.is_empty() {
+        c.err("routes", "at least one [[routes]] entry is needed");
+    }
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(route) = validate_route(i, r, file, &mut c) {
+            if !seen_routes.insert((route.host.clone(), route.path_prefix.clone())) {
+                c.err(format!("routes[{i}]"), "duplicate route: another route has the same host and path_prefix");
+            }
+            routes.push(route);
+        }
+    }
+
+    if !c.errors.is_empty() {
+        return Err(ConfigErrors(c.errors));
+    }
+    Ok(Config { source: file.to_path_buf(), server, log, auth, headers, users, routes })
+}
+
+fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtConfig> {
+    let algorithm = match j.algorithm.as_deref() {
+        None => JwtAlgorithm::EdDSA,
+        Some(a) => match JwtAlgorithm::parse(a) {
+            Some(a) => a,
+            None => {
+                c.err("auth.jwt.algorithm", format!("unknown algorithm {a:?} (expected EdDSA, ES256, RS256 or HS256)"));
+                return None;
+            }
+        },
+    };
+    let signing_key = match (&j.signing_key, &j.signing_key_env) {
+        (Some(f), None) => {
+            let p = resolve_path(file, f);
+            if !p.is_file() {
+                c.err("auth.jwt.signing_key", format!("file not found: {}", p.display()));
+            }
+            KeySource::File(p)
+        }
+        (None, Some(env)) if algorithm == JwtAlgorithm::HS256 => KeySource::Env(env.clone()),
+        (None, Some(_)) => {
+            c.err("auth.jwt.signing_key_env", "only HS256 secrets may come from the environment; asymmetric keys are PEM files");
+            return None;
+        }
+        (Some(_), Some(_)) => {
+            c.err("auth.jwt.signing_key", "set either signing_key or signing_key_env, not both");
+            return None;
+        }
+        (None, None) => {
+            c.err("auth.jwt.signing_key", "missing: path of the signing key (or signing_key_env for HS256)");
+            return None;
+        }
+    };
+    let mut verify_keys = Vec::new();
+    for (i, vk) in j.verify_keys.iter().enumerate() {
+        let key = format!("auth.jwt.verify_keys[{i}]");
+        let source = match (&vk.file, &vk.env) {
+            (Some(f), None) => {
+                let p = resolve_path(file, f);
+                if !p.is_file() {
+                    c.err(format!("{key}.file"), format!("file not found: {}", p.display()));
+                }
+                KeySource::File(p)
+            }
+            (None, Some(e)) => KeySource::Env(e.clone()),
+            _ => {
+                c.err(key, "needs exactly one of file or env");
+                continue;
+            }
+        };
+        if vk.kid.is_empty() {
+            c.err(format!("auth.jwt.verify_keys[{i}].kid"), "must not be empty");
+        }
+        verify_keys.push(VerifyKeyConfig { kid: vk.kid.clone(), source });
+    }
+    let ttl = c.duration("auth.jwt.ttl", j.ttl.as_deref(), DEFAULT_JWT_TTL);
+    let leeway = match j.leeway.as_deref() {
+        None => DEFAULT_JWT_LEEWAY,
+        Some(s) => match parse_duration(s) {
+            Ok(d) if d <= Duration::from_secs(300) => d,
+            Ok(_) => {
+                c.err("auth.jwt.leeway", "must be at most 5m");
+                DEFAULT_JWT_LEEWAY
+            }
+            Err(m) => {
+                c.err("auth.jwt.leeway", m);
+                DEFAULT_JWT_LEEWAY
+            }
+        },
+    };
+    let cache_size = j.cache_size.unwrap_or(DEFAULT_JWT_CACHE_SIZE);
+    Some(JwtConfig {
+        algorithm,
+        signing_key,
+        kid: j.kid.clone(),
+        issuer: j.issuer.clone().unwrap_or_else(|| "authgate".into()),
+        audience: j.audience.clone().unwrap_or_else(|| "authgate".into()),
+        ttl,
+        leeway,
+        accept_bearer: j.accept_bearer.unwrap_or(false),
+        cache_size,
+        verify_keys,
+    })
+}
+
+fn validate_headers(h: &raw::RawHeaders, c: &mut Collector<'_>) -> HeaderNames {
+    let (user, email, groups, name) = match h.preset.as_deref() {
+        None | Some("oauth2-proxy") => ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", None),
+        Some("authelia") => ("remote-user", "remote-email", "remote-groups", Some("remote-name")),
+        Some(o) => {
+            c.err("headers.preset", format!("unknown preset {o:?} (expected \"oauth2-proxy\" or \"authelia\")"));
+            ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", None)
+        }
+    };
+    let mut pick = |key: &str, over: &Option<String>, default: &str| -> HeaderName {
+        match over {
+            None => HeaderName::from_bytes(default.as_bytes()).expect("preset header"),
+            Some(s) => match HeaderName::from_bytes(s.as_bytes()) {
+                Ok(n) if !crate::pipeline::headers::is_reserved_header(&n) => n,
+                Ok(_) => {
+                    c.err(key, format!("{s:?} is a header the gateway manages itself (hop-by-hop, Host, Cookie, X-Forwarded-For/Proto/Host)"));
+                    HeaderName::from_bytes(default.as_bytes()).expect("preset header")
+                }
+                Err(_) => {
+                    c.err(key, format!("{s:?} is not a valid header name"));
+                    HeaderName::from_bytes(default.as_bytes()).expect("preset header")
+                }
+            },
+        }
+    };
+    let user = pick("headers.user", &h.user, user);
+    let email = pick("headers.email", &h.email, email);
+    let groups = pick("headers.groups", &h.groups, groups);
+    let name = match (&h.name, name) {
+        (Some(_), d) => Some(pick("headers.name", &h.name, d.unwrap_or("x-forwarded-name"))),
+        (None, Some(d)) => Some(HeaderName::from_static(d)),
+        (None, None) => None,
+    };
+    HeaderNames { user, email, groups, name }
+}
+
+fn validate_route(i: usize, r: &raw::RawRoute, file: &Path, c: &mut Collector<'_>) -> Option<RouteConfig> {
+    let before = c.errors.len();
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let host = match r.host.as_deref() {
+        None | Some("") | Some("*") => HostMatch::Any,
+        Some(h) => {
+            let lower = h.to_ascii_lowercase();
+            let (wild, name) = match lower.strip_prefix("*.") {
+                Some(rest) => (true, rest.to_string()),
+                None => (false, lower.clone()),
+            };
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            if !valid {
+                c.err(key("host"), format!("{h:?} is not a host name (expected e.g. \"app.example.com\" or \"*.example.com\", no port)"));
+            }
+            if wild {
+                HostMatch::Suffix(format!(".{name}"))
+            } else {
+                HostMatch::Exact(name)
+            }
+        }
+    };
+    let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
+    if !prefix.starts_with('/') || prefix.contains("//") || prefix.split('/').any(|s| s == "." || s == "..") || prefix.bytes().any(|b| b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' ') {
+        c.err(key("path_prefix"), format!("{prefix:?} must start with '/' and be a plain path (no '//', dot segments, '%', '\\', '?', '#')"));
+    }
+    let path_prefix = prefix.trim_end_matches('/').to_string();
+    if path_prefix == "/.auth" || path_prefix.starts_with("/.auth/") {
+        c.err(key("path_prefix"), "/.auth is reserved for the gateway's own endpoints");
+    }
+    let upstream = if r.upstream == "builtin:whoami" {
+        UpstreamTarget::Whoami
+    } else if let Some(other) = r.upstream.strip_prefix("builtin:") {
+        c.err(key("upstream"), format!("unknown builtin {other:?} (available: builtin:whoami)"));
+        UpstreamTarget::Whoami
+    } else {
+        match url::Url::parse(&r.upstream) {
+            Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
+                if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() || u.password().is_some() {
+                    c.err(key("upstream"), "must not contain a query, fragment or credentials");
+                }
+                let host = u.host_str().unwrap_or_default();
+                let port = u.port_or_known_default().unwrap_or(80);
+                let auth_str = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                match auth_str.parse::<Authority>() {
+                    Ok(authority) => UpstreamTarget::Http {
+                        scheme: if u.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP },
+                        authority,
+                        base_path: u.path().trim_end_matches('/').to_string(),
+                    },
+                    Err(_) => {
+                        c.err(key("upstream"), format!("invalid host in {:?}", r.upstream));
+                        UpstreamTarget::Whoami
+                    }
+                }
+            }
+            Ok(_) => {
+                c.err(key("upstream"), format!("{:?}: expected http://host:port[/base], https://… or builtin:whoami", r.upstream));
+                UpstreamTarget::Whoami
+            }
+            Err(e) => {
+                c.err(key("upstream"), format!("invalid URL {:?}: {e}", r.upstream));
+                UpstreamTarget::Whoami
+            }
+        }
+    };
+    let access = match r.access.as_deref() {
+        None | Some("authenticated") => Access::Authenticated,
+        Some("public") => Access::Public,
+        Some(o) => {
+            c.err(key("access"), format!("unknown access {o:?} (expected \"public\" or \"authenticated\")"));
+            Access::Authenticated
+        }
+    };
+    if access == Access::Public && (r.allow_groups.is_some() || r.allow_users.is_some()) {
+        c.err(key("access"), "a public route cannot have allow_groups/allow_users; use access = \"authenticated\"");
+    }
+    for (k, v) in [("allow_groups", &r.allow_groups), ("allow_users", &r.allow_users)] {
+        if let Some(list) = v {
+            if list.is_empty() {
+                c.err(key(k), "an empty list would deny everyone; remove the key instead");
+            }
+        }
+    }
+    let timeout = c.duration(&key("timeout"), r.timeout.as_deref(), DEFAULT_ROUTE_TIMEOUT);
+    let tls_ca = r.tls_ca.as_ref().map(|p| {
+        let p = resolve_path(file, p);
+        if !p.is_file() {
+            c.err(key("tls_ca"), format!("file not found: {}", p.display()));
+        }
+        p
+    });
+    if c.errors.len() != before {
+        return None;
+    }
+    Some(RouteConfig {
+        index: i,
+        host,
+        path_prefix,
+        upstream,
+        upstream_label: r.upstream.clone(),
+        access,
+        allow_groups: r.allow_groups.clone(),
+        allow_users: r.allow_users.clone(),
+        preserve_host: r.preserve_host.unwrap_or(false),
+        timeout,
+        tls_ca,
+    })
+}

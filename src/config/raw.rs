@@ -1,0 +1,145 @@
+//! Raw configuration as written in `gateway.toml`: serde structs that reject unknown keys.
+//! Nothing here is trusted; `super::validate` turns it into domain types.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub headers: RawHeaders,
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub max_header_bytes: Option<usize>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    pub handshake_timeout: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub access_log: Option<bool>,
+}
+
+/// `[auth]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub mode: Option<String>,
+    pub cookie_name: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_lifetime: Option<String>,
+    pub users_file: Option<String>,
+    pub max_sessions: Option<u64>,
+    pub login_failures_per_minute: Option<u32>,
+    pub login_concurrency: Option<usize>,
+    pub jwt: Option<RawJwt>,
+}
+
+/// `[auth.jwt]`
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub algorithm: Option<String>,
+    pub signing_key: Option<String>,
+    pub signing_key_env: Option<String>,
+    pub kid: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub ttl: Option<String>,
+    pub leeway: Option<String>,
+    pub accept_bearer: Option<bool>,
+    pub cache_size: Option<u64>,
+    #[serde(default)]
+    pub verify_keys: Vec<RawVerifyKey>,
+}
+
+/// One entry of `[[auth.jwt.verify_keys]]`: an older key kept for verification only.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerifyKey {
+    pub kid: String,
+    pub file: Option<String>,
+    pub env: Option<String>,
+}
+
+/// `[headers]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaders {
+    pub preset: Option<String>,
+    pub user: Option<String>,
+    pub email: Option<String>,
+    pub groups: Option<String>,
+    pub name: Option<String>,
+}
+
+/// `[[users]]`, inline or in `users_file`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub username: String,
+    pub password_hash: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub demo: bool,
+}
+
+/// The schema of `users_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsersFile {
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    pub access: Option<String>,
+    pub allow_groups: Option<Vec<String>>,
+    pub allow_users: Option<Vec<String>>,
+    pub preserve_host: Option<bool>,
+    pub timeout: Option<String>,
+    pub tls_ca: Option<String>,
+}

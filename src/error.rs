@@ -1,0 +1,140 @@
+//! The gateway's error kinds and their single mapping to HTTP responses.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+
+/// Everything that ends a request early with an error status.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Malformed request (bad path, bad form, bad JSON, ...).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No route for this host and path.
+    #[error("no route")]
+    NoRoute,
+    /// Unknown gateway endpoint.
+    #[error("not found")]
+    NotFound,
+    /// Wrong method for an endpoint.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Not logged in (API clients; browsers are redirected before this).
+    #[error("authentication required")]
+    Unauthenticated,
+    /// Logged in but not allowed.
+    #[error("forbidden")]
+    Forbidden,
+    /// CSRF token or origin check failed.
+    #[error("cross-site request refused")]
+    Csrf,
+    /// Body over the endpoint's cap.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// Content type the endpoint does not take.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// Rate limit hit.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// Seconds until the client may retry.
+        retry_after: u64,
+    },
+    /// Upstream refused or unreachable.
+    #[error("upstream unreachable: {0}")]
+    UpstreamConnect(String),
+    /// Upstream failed mid-request.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// Upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// Something that should not happen.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The one status mapping. Exhaustive on purpose: a new kind must choose its status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute | GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden | GatewayError::Csrf => StatusCode::FORBIDDEN,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Short public message: never internal details.
+    fn public_message(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(m) => m,
+            GatewayError::NoRoute => "no route for this host and path",
+            GatewayError::NotFound => "not found",
+            GatewayError::MethodNotAllowed => "method not allowed",
+            GatewayError::Unauthenticated => "authentication required",
+            GatewayError::Forbidden => "you are not allowed to access this resource",
+            GatewayError::Csrf => "cross-site request refused; reload the page and try again",
+            GatewayError::PayloadTooLarge => "request body too large",
+            GatewayError::UnsupportedMediaType => "unsupported content type",
+            GatewayError::TooManyRequests { .. } => "too many attempts; try again later",
+            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => "the upstream service is unavailable",
+            GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+            GatewayError::Internal(_) => "internal error",
+        }
+    }
+
+    /// Whether the detail deserves a warning in the log (server-side faults).
+    pub fn is_server_fault(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// Builds the response: a small HTML page for browsers, JSON otherwise.
+    pub fn into_response(self, wants_html: bool) -> Response<Body> {
+        let status = self.status();
+        let msg = self.public_message();
+        let (body, ctype) = if wants_html {
+            (Bytes::from(error_page(status, msg)), "text/html; charset=utf-8")
+        } else {
+            (Bytes::from(serde_json::json!({"error": status.canonical_reason().unwrap_or("error"), "status": status.as_u16(), "message": msg}).to_string()), "application/json")
+        };
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let GatewayError::TooManyRequests { retry_after } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"authgate\""));
+        }
+        resp
+    }
+}
+
+/// A self-contained error page (no external assets).
+pub fn error_page(status: StatusCode, msg: &str) -> String {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{code} {reason}</title><style>{css}</style></head><body><main class=\"card\"><h1>{code} {reason}</h1><p>{msg}</p><p><a href=\"/\">Home</a></p></main></body></html>",
+        code = status.as_u16(),
+        reason = html_escape::encode_text(reason),
+        msg = html_escape::encode_text(msg),
+        css = crate::PAGE_CSS,
+    )
+}
+
+/// Whether the client prefers HTML (browser navigation).
+pub fn wants_html(headers: &http::HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}

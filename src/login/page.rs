@@ -1,0 +1,35 @@
+//! The login and logout pages: self-contained HTML (no external assets), escaped values,
+//! accessible (labels, autofocus, an error area announced to screen readers), no JavaScript.
+
+use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
+
+/// The login form.
+pub fn login_page(csrf: &str, rd: &str, error: Option<&str>, username: &str, demo_hint: bool) -> String {
+    let err = match error {
+        Some(e) => format!("<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>", text(e)),
+        None => String::new(),
+    };
+    let hint = if demo_hint {
+        "<p class=\"hint\">Demo mode: sign in as <code>demo</code> / <code>authgate-demo</code>. Remove the demo user before exposing this gateway.</p>"
+    } else {
+        ""
+    };
+    let described = if error.is_some() { " aria-describedby=\"login-error\"" } else { "" };
+    let (uf, pf) = if username.is_empty() { (" autofocus", "") } else { ("", " autofocus") };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"same-origin\"><title>Sign in</title><style>{css}</style></head><body><main class=\"card\"><h1>Sign in</h1>{hint}{err}<form method=\"post\" action=\"/.auth/login\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\"><label for=\"username\">Username</label><input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required value=\"{user}\"{uf}{described}><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{pf}{described}><button type=\"submit\">Sign in</button></form></main></body></html>",
+        css = crate::PAGE_CSS,
+        csrf = attr(csrf),
+        rd = attr(rd),
+        user = attr(username),
+    )
+}
+
+/// The logout confirmation form (logout itself is a CSRF-protected POST).
+pub fn logout_page(csrf: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>Sign out</title><style>{css}</style></head><body><main class=\"card\"><h1>Sign out</h1><form method=\"post\" action=\"/.auth/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Sign out</button></form><form method=\"post\" action=\"/.auth/logout?all=1\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\" class=\"secondary\">Sign out everywhere</button></form></main></body></html>",
+        css = crate::PAGE_CSS,
+        csrf = attr(csrf),
+    )
+}

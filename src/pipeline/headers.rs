@@ -1,0 +1,248 @@
+//! Header rules: hop-by-hop removal, identity-header stripping (normalised names), X-Forwarded-*.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies still see).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Forwarding headers replaced unless the peer is a trusted proxy (normalised names).
+pub const FORWARDING_HEADERS: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded"];
+
+/// Whether a configured identity header name would collide with a header the gateway manages.
+pub fn is_reserved_header(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n)
+        || [header::HOST, header::COOKIE, header::SET_COOKIE, header::CONTENT_LENGTH, header::AUTHORIZATION].contains(n)
+        || FORWARDING_HEADERS.iter().any(|f| eq_normalized(n.as_str().as_bytes(), f.as_bytes()))
+}
+
+/// Compares a (lowercase) header name with a lowercase target, reading `_` and `.` as `-`, the way
+/// CGI-style servers fold them; so `x_forwarded_user` equals `x-forwarded-user`.
+#[inline]
+pub fn eq_normalized(name: &[u8], target: &[u8]) -> bool {
+    name.len() == target.len()
+        && name.iter().zip(target).all(|(&a, &b)| {
+            let a = match a {
+                b'_' | b'.' => b'-',
+                c => c.to_ascii_lowercase(),
+            };
+            a == b
+        })
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`. Returns whether the request
+/// asked for a protocol upgrade (and the `Upgrade` value to pass on), because upgrades need the
+/// `Upgrade` header re-added on the upstream side.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut upgrade = None;
+    if headers.contains_key(header::CONNECTION) {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for token in s.split(',') {
+                    let t = token.trim();
+                    if t.eq_ignore_ascii_case("upgrade") {
+                        upgrade = headers.get(header::UPGRADE).cloned();
+                    } else if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                        named.push(n);
+                    }
+                }
+            }
+        }
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    upgrade
+}
+
+/// Removes from `headers` every header whose normalised name is in `names`.
+/// The common case (nothing to strip) allocates nothing.
+pub fn strip_normalized(headers: &mut HeaderMap, names: &[String]) {
+    let mut doomed: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        let b = name.as_str().as_bytes();
+        if names.iter().any(|n| eq_normalized(b, n.as_bytes())) {
+            doomed.get_or_insert_with(Vec::new).push(name.clone());
+        }
+    }
+    if let Some(d) = doomed {
+        for n in d {
+            headers.remove(n);
+        }
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` (trusted peer) or replaces it (anyone else).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &'static str, host: Option<&HeaderValue>) {
+    let mut buf = itoa_ip(peer);
+    if trusted {
+        if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            buf = format!("{prev}, {buf}");
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(h) = host {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+        }
+    } else {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        match host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&buf) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+fn itoa_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// Removes the cookie named `name` from the `Cookie` header(s), keeping the others byte for byte.
+pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() || !values.iter().any(|v| memfind(v.as_bytes(), name.as_bytes())) {
+        return;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let strs: Vec<String> = values.iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+    for s in &strs {
+        for part in s.split(';') {
+            let p = part.trim();
+            if p.is_empty() {
+                continue;
+            }
+            let n = p.split_once('=').map(|(n, _)| n.trim()).unwrap_or(p);
+            if n != name {
+                kept.push(p);
+            }
+        }
+    }
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Outcome of reading one cookie.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CookieLookup<'a> {
+    /// Not present.
+    Absent,
+    /// Present exactly once.
+    One(&'a str),
+    /// Present more than once: refused, since a client (or a sibling subdomain) may have planted one.
+    Ambiguous,
+}
+
+/// Finds cookie `name` across all `Cookie` headers with a cheap scan (no allocation).
+pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> CookieLookup<'a> {
+    let mut found = None;
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(s) = std::str::from_utf8(v.as_bytes()) else { continue };
+        for part in s.split(';') {
+            let p = part.trim_start_matches(' ');
+            if let Some(rest) = p.strip_prefix(name) {
+                if let Some(val) = rest.strip_prefix('=') {
+                    if found.is_some() {
+                        return CookieLookup::Ambiguous;
+                    }
+                    found = Some(val.trim_end_matches(' '));
+                }
+            }
+        }
+    }
+    match found {
+        Some(v) => CookieLookup::One(v),
+        None => CookieLookup::Absent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eq_normalized_folds_underscore_dot_and_case() {
+        assert!(eq_normalized(b"x_forwarded_user", b"x-forwarded-user"));
+        assert!(eq_normalized(b"x.forwarded.user", b"x-forwarded-user"));
+        assert!(!eq_normalized(b"x-forwarded-users", b"x-forwarded-user"));
+    }
+
+    #[test]
+    fn remove_hop_by_hop_removes_connection_named_headers_and_reports_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret, Upgrade"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let up = remove_hop_by_hop(&mut h);
+        assert_eq!(up.unwrap(), "websocket");
+        assert!(h.get("x-secret").is_none() && h.get("te").is_none() && h.get("upgrade").is_none());
+        assert_eq!(h.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn find_cookie_rejects_duplicates_and_ignores_prefix_names() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("authgate_csrf=x; authgatex=1; authgate=abc"));
+        assert_eq!(find_cookie(&h, "authgate"), CookieLookup::One("abc"));
+        h.append("cookie", HeaderValue::from_static("authgate=evil"));
+        assert_eq!(find_cookie(&h, "authgate"), CookieLookup::Ambiguous);
+        assert_eq!(find_cookie(&h, "nope"), CookieLookup::Absent);
+    }
+
+    #[test]
+    fn remove_cookie_keeps_other_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("a=1; authgate=secret; b=2"));
+        remove_cookie(&mut h, "authgate");
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+    }
+}

@@ -1,0 +1,177 @@
+//! Routing: host (exact, `*.suffix`, any) and the longest path prefix on whole segments.
+
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+
+use crate::config::{Access, HostMatch, RouteConfig, UpstreamTarget};
+
+/// A route of the runtime snapshot.
+#[derive(Debug)]
+pub struct Route {
+    /// As configured.
+    pub config: RouteConfig,
+    /// `routes[i] → upstream` label for logs, prepared once.
+    pub label: Arc<str>,
+    /// Index of the upstream client to use (0 = default; others have their own CA).
+    pub client: usize,
+}
+
+impl Route {
+    /// Whether the route needs a logged-in user.
+    pub fn needs_auth(&self) -> bool {
+        self.config.access == Access::Authenticated
+    }
+
+    /// Whether `user` with `groups` may use this route (authenticated routes only).
+    pub fn allows(&self, user: &str, groups: &[String]) -> bool {
+        let by_user = self.config.allow_users.as_ref().map(|u| u.iter().any(|x| x == user));
+        let by_group = self.config.allow_groups.as_ref().map(|g| g.iter().any(|x| groups.contains(x)));
+        match (by_user, by_group) {
+            (None, None) => true,
+            (Some(a), None) | (None, Some(a)) => a,
+            (Some(a), Some(b)) => a || b,
+        }
+    }
+
+    /// Builds the upstream URI for a normalised path and query.
+    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
+        let UpstreamTarget::Http { scheme, authority, base_path } = &self.config.upstream else {
+            return None;
+        };
+        build_uri(scheme, authority, base_path, path, query)
+    }
+}
+
+fn build_uri(scheme: &Scheme, authority: &Authority, base: &str, path: &str, query: Option<&str>) -> Option<http::Uri> {
+    let mut pq = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(base);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let pq = PathAndQuery::try_from(pq).ok()?;
+    http::Uri::builder().scheme(scheme.clone()).authority(authority.clone()).path_and_query(pq).build().ok()
+}
+
+/// All routes, ordered for matching.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+fn host_rank(h: &HostMatch) -> u8 {
+    match h {
+        HostMatch::Exact(_) => 2,
+        HostMatch::Suffix(_) => 1,
+        HostMatch::Any => 0,
+    }
+}
+
+/// Whether `path` is `prefix` or continues it at a segment boundary (`/`, or a `;` parameter,
+/// which some servers strip: `/admin;x` must count as `/admin`).
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with(';'),
+        None => false,
+    }
+}
+
+impl Router {
+    /// Orders routes: longer prefixes first, then more specific hosts.
+    pub fn new(mut routes: Vec<Route>) -> Router {
+        routes.sort_by(|a, b| {
+            b.config
+                .path_prefix
+                .len()
+                .cmp(&a.config.path_prefix.len())
+                .then(host_rank(&b.config.host).cmp(&host_rank(&a.config.host)))
+        });
+        Router { routes }
+    }
+
+    /// Finds the route for a host (lowercase, no port) and normalised path.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.config.host, host) {
+                (HostMatch::Any, _) => true,
+                (HostMatch::Exact(h), Some(x)) => h.eq_ignore_ascii_case(x),
+                (HostMatch::Suffix(s), Some(x)) => x.len() > s.len() && x.get(x.len() - s.len()..).is_some_and(|t| t.eq_ignore_ascii_case(s)),
+                (_, None) => false,
+            };
+            host_ok && prefix_matches(&r.config.path_prefix, path)
+        })
+    }
+
+    /// Routes in matching order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+/// Extracts the host name (no port, lowercase not guaranteed) from a Host header or authority.
+pub fn host_without_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    h.rsplit_once(':').map_or(h, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { h })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn route(host: HostMatch, prefix: &str, idx: usize) -> Route {
+        Route {
+            config: RouteConfig {
+                index: idx,
+                host,
+                path_prefix: prefix.trim_end_matches('/').into(),
+                upstream: UpstreamTarget::Whoami,
+                upstream_label: "builtin:whoami".into(),
+                access: Access::Public,
+                allow_groups: None,
+                allow_users: None,
+                preserve_host: false,
+                timeout: Duration::from_secs(1),
+                tls_ca: None,
+            },
+            label: Arc::from("x"),
+            client: 0,
+        }
+    }
+
+    #[test]
+    fn find_prefers_longest_prefix_on_segment_boundaries() {
+        let r = Router::new(vec![route(HostMatch::Any, "/", 0), route(HostMatch::Any, "/app", 1), route(HostMatch::Any, "/app/admin", 2)]);
+        assert_eq!(r.find(None, "/app").unwrap().config.index, 1);
+        assert_eq!(r.find(None, "/app/x").unwrap().config.index, 1);
+        assert_eq!(r.find(None, "/apple").unwrap().config.index, 0);
+        assert_eq!(r.find(None, "/app/admin/x").unwrap().config.index, 2);
+        assert_eq!(r.find(None, "/app/admin;jsessionid=1").unwrap().config.index, 2);
+    }
+
+    #[test]
+    fn find_matches_exact_and_wildcard_hosts() {
+        let r = Router::new(vec![
+            route(HostMatch::Exact("a.example.com".into()), "/", 0),
+            route(HostMatch::Suffix(".example.com".into()), "/", 1),
+        ]);
+        assert_eq!(r.find(Some("a.example.com"), "/").unwrap().config.index, 0);
+        assert_eq!(r.find(Some("b.example.com"), "/").unwrap().config.index, 1);
+        assert!(r.find(Some("example.com"), "/").is_none());
+        assert!(r.find(Some("evil.com"), "/").is_none());
+    }
+
+    #[test]
+    fn host_without_port_strips_port_and_brackets() {
+        assert_eq!(host_without_port("a.com:8080"), "a.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+        assert_eq!(host_without_port("a.com"), "a.com");
+    }
+}

@@ -1,0 +1,256 @@
+//! Listeners, the accept loop, TLS handshakes, connection limits, graceful shutdown and reload.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::pipeline::{handle, ConnInfo, RouteLabel};
+use crate::state::{Runtime, Shared};
+
+/// A running gateway.
+pub struct Gateway {
+    http_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Builds the snapshot, binds the listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        tls::install_crypto_provider();
+        let runtime = Runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg = runtime.config.clone();
+        let tls_cfg = runtime.tls.clone();
+        let shared = Shared::new(runtime);
+
+        let mut listeners = Vec::new();
+        let mut http_addr = None;
+        let mut https_addr = None;
+        if let Some(a) = cfg.server.listen {
+            let l = TcpListener::bind(a).await.map_err(|e| anyhow::anyhow!("cannot listen on {a} (server.listen): {e}"))?;
+            http_addr = Some(l.local_addr()?);
+            listeners.push((l, None));
+        }
+        if let (Some(t), Some(tc)) = (&cfg.server.tls, tls_cfg) {
+            let l = TcpListener::bind(t.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {} (server.tls.listen): {e}", t.listen))?;
+            https_addr = Some(l.local_addr()?);
+            listeners.push((l, Some((tokio_rustls::TlsAcceptor::from(tc), t.handshake_timeout))));
+        }
+
+        let (stop, stop_rx) = watch::channel(false);
+        let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.server.header_read_timeout)
+            .max_buf_size(cfg.server.max_header_bytes.max(8192))
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(cfg.server.max_header_bytes as u32).keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = Arc::new(builder);
+
+        let mut loops = Vec::new();
+        for (l, tls) in listeners {
+            loops.push(tokio::spawn(accept_loop(l, tls, shared.clone(), builder.clone(), limit.clone(), stop_rx.clone())));
+        }
+        shared.ready.store(true, Ordering::Release);
+        let grace = cfg.server.shutdown_grace;
+        let sh = shared.clone();
+        let mut stop_wait = stop_rx.clone();
+        let task = tokio::spawn(async move {
+            stopped(&mut stop_wait).await;
+            sh.ready.store(false, Ordering::Release);
+            let deadline = Instant::now() + grace;
+            let mut drains = Vec::new();
+            for l in loops {
+                if let Ok(g) = l.await {
+                    drains.push(g.shutdown());
+                }
+            }
+            sh.tunnels.close();
+            if tokio::time::timeout(grace, futures_join_all(drains)).await.is_err() {
+                tracing::warn!("grace period over: closing remaining connections");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, sh.tunnels.wait()).await.is_err() {
+                tracing::warn!(open = sh.tunnels.len(), "grace period over: closing remaining tunnels");
+            }
+        });
+        if let Some(a) = http_addr {
+            tracing::info!(addr = %a, "listening (http)");
+        }
+        if let Some(a) = https_addr {
+            tracing::info!(addr = %a, "listening (https)");
+        }
+        Ok(Gateway { http_addr, https_addr, shared, stop, task })
+    }
+
+    /// Bound address of the plain HTTP listener.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Bound address of the HTTPS listener.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// Shared state (tests and benches peek at live state).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Swaps in a new snapshot built from `config`; on error the old one stays.
+    /// Listener addresses and TLS listeners are not rebound (restart for those).
+    pub fn reload(&self, config: Config) -> Result<(), crate::config::ConfigErrors> {
+        let rt = Runtime::build(config)?;
+        self.shared.runtime.store(Arc::new(rt));
+        self.shared.live.token_cache.invalidate_all();
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown without waiting.
+    pub fn begin_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops accepting, lets in-flight requests and tunnels finish within the grace period.
+    pub async fn shutdown(self) {
+        self.begin_shutdown();
+        let _ = self.task.await;
+    }
+
+    /// Waits until a shutdown begun elsewhere has finished.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+type Tls = Option<(tokio_rustls::TlsAcceptor, Duration)>;
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: Vec<F>) {
+    for f in fs {
+        f.await;
+    }
+}
+
+/// Accepts until told to stop; returns the connections' shutdown handle so the caller can drain them.
+async fn accept_loop(l: TcpListener, tls: Tls, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) -> GracefulShutdown {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return graceful },
+            _ = stopped(&mut stop) => return graceful,
+        };
+        let (stream, peer) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => return graceful,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            serve(stream, peer, tls, shared, builder, watcher).await;
+        });
+    }
+}
+
+async fn serve(stream: TcpStream, peer: SocketAddr, tls: Tls, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>, watcher: hyper_util::server::graceful::Watcher) {
+    match tls {
+        None => serve_io(TokioIo::new(stream), ConnInfo { peer, tls: false }, shared, builder, watcher).await,
+        Some((acceptor, timeout)) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => serve_io(TokioIo::new(s), ConnInfo { peer, tls: true }, shared, builder, watcher).await,
+            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
+            Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
+        },
+    }
+}
+
+async fn serve_io<I>(io: I, conn: ConnInfo, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(logged(shared, req, conn).await) }
+    });
+    let c = builder.serve_connection_with_upgrades(io, svc).into_owned();
+    if let Err(e) = watcher.watch(c).await {
+        tracing::debug!(peer = %conn.peer, error = %e, "connection error");
+    }
+}
+
+/// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
+/// no headers).
+async fn logged(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let start = Instant::now();
+    let seq = shared.request_seq.fetch_add(1, Ordering::Relaxed);
+    let rid = format!("{:08x}{:08x}", shared.request_prefix, seq);
+    let rid_value = HeaderValue::from_str(&rid).expect("hex is a valid header value");
+    let access = shared.runtime.load().config.log.access_log;
+    let method = access.then(|| req.method().clone());
+    let path = access.then(|| req.uri().path().to_owned());
+    let version = req.version();
+    let mut resp = handle(shared, req, conn, rid_value.clone()).await;
+    resp.headers_mut().insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
+    if let (Some(method), Some(path)) = (method, path) {
+        let route = resp.extensions().get::<RouteLabel>().map(|r| r.0.clone());
+        let bytes = resp.body().size_hint().exact();
+        tracing::info!(
+            target: "access",
+            request_id = %rid,
+            client = %conn.peer,
+            method = %method,
+            path = %path,
+            version = ?version,
+            route = route.as_deref().unwrap_or("-"),
+            status = resp.status().as_u16(),
+            latency_us = start.elapsed().as_micros() as u64,
+            bytes = bytes,
+        );
+    }
+    resp
+}

@@ -1,0 +1,170 @@
+//! The two lifetimes of state: the runtime snapshot (derived from config, swapped whole on reload)
+//! and live state (sessions, revocations, rate limits), which a reload never touches.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::jwt::{JwtKeys, TokenCache};
+use crate::auth::revocation::Revocations;
+use crate::auth::session::{MemorySessionStore, SessionStore};
+use crate::auth::users::Users;
+use crate::config::{AuthMode, Config, ConfigError, ConfigErrors, UpstreamTarget, ALL_PRESET_HEADERS};
+use crate::login::limit::LoginLimiter;
+use crate::pipeline::forward::{build_client, UpstreamClient};
+use crate::pipeline::headers::FORWARDING_HEADERS;
+use crate::pipeline::route::{Route, Router};
+
+/// Everything derived from one configuration, built and validated before it is used.
+pub struct Runtime {
+    /// The configuration it came from.
+    pub config: Config,
+    /// Routes.
+    pub router: Router,
+    /// Users by name, with prepared identity header values.
+    pub users: Users,
+    /// Normalised identity header names stripped from every client request.
+    pub strip_names: Vec<String>,
+    /// Normalised forwarding header names stripped unless the peer is trusted.
+    pub forwarding_names: Vec<String>,
+    /// Upstream clients: index 0 trusts the public roots; others add a route's CA.
+    pub clients: Vec<UpstreamClient>,
+    /// JWT keys (jwt mode).
+    pub jwt: Option<Arc<JwtKeys>>,
+    /// TLS server configuration (when an HTTPS listener is configured).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Password hash verified for unknown users (equal timing).
+    pub dummy_hash: crate::auth::password::PasswordHashKind,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("routes", &self.router.routes().len()).field("users", &self.users.len()).finish()
+    }
+}
+
+impl Runtime {
+    /// Builds the snapshot: parses keys, certificates and hashes once.
+    pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
+        let file = config.source.clone();
+        let err = |key: &str, message: String| ConfigErrors(vec![ConfigError { file: file.clone(), key: key.into(), line: None, message }]);
+        let users = Users::build(&config.users).map_err(|m| err("users", m))?;
+
+        let mut clients = vec![build_client(None).map_err(|m| err("routes", m))?];
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let client = match &r.tls_ca {
+                Some(ca) => {
+                    clients.push(build_client(Some(ca)).map_err(|m| err(&format!("routes[{}].tls_ca", r.index), m))?);
+                    clients.len() - 1
+                }
+                None => 0,
+            };
+            let target = match &r.upstream {
+                UpstreamTarget::Whoami => "builtin:whoami".to_string(),
+                UpstreamTarget::Http { .. } => r.upstream_label.clone(),
+            };
+            routes.push(Route { config: r.clone(), label: Arc::from(format!("routes[{}]→{target}", r.index)), client });
+        }
+
+        let jwt = match (&config.auth.jwt, config.auth.mode) {
+            (Some(j), AuthMode::Jwt) => Some(Arc::new(JwtKeys::load(j).map_err(|errs| {
+                ConfigErrors(errs.into_iter().map(|(key, message)| ConfigError { file: file.clone(), key, line: None, message }).collect())
+            })?)),
+            _ => None,
+        };
+        let tls = match &config.server.tls {
+            Some(t) => Some(crate::server::tls::server_config(t).map_err(|m| err("server.tls", m))?),
+            None => None,
+        };
+
+        let h = &config.headers;
+        let mut strip_names: Vec<String> = ALL_PRESET_HEADERS.iter().map(|s| s.to_string()).collect();
+        for n in [Some(&h.user), Some(&h.email), Some(&h.groups), h.name.as_ref()].into_iter().flatten() {
+            let norm = n.as_str().replace(['_', '.'], "-");
+            if !strip_names.contains(&norm) {
+                strip_names.push(norm);
+            }
+        }
+        Ok(Runtime {
+            router: Router::new(routes),
+            users,
+            strip_names,
+            forwarding_names: FORWARDING_HEADERS.iter().map(|s| s.to_string()).collect(),
+            clients,
+            jwt,
+            tls,
+            dummy_hash: crate::auth::password::dummy_hash(),
+            config,
+        })
+    }
+
+    /// Whether `Authorization: Bearer` tokens are accepted.
+    pub fn bearer_enabled(&self) -> bool {
+        self.config.auth.mode == AuthMode::Jwt && self.config.auth.jwt.as_ref().is_some_and(|j| j.accept_bearer)
+    }
+}
+
+/// State that lives across reloads.
+pub struct Live {
+    /// Sessions (session mode).
+    pub sessions: Arc<dyn SessionStore>,
+    /// Revoked tokens and per-user not-before times (jwt mode).
+    pub revocations: Revocations,
+    /// Verified-token cache (jwt mode).
+    pub token_cache: TokenCache,
+    /// Failed-login counters.
+    pub limiter: LoginLimiter,
+    /// Bounds concurrent password verifications.
+    pub hash_pool: Arc<Semaphore>,
+}
+
+impl Live {
+    /// Live state sized by the configuration it starts with.
+    pub fn new(cfg: &Config) -> Live {
+        let a = &cfg.auth;
+        Live {
+            sessions: Arc::new(MemorySessionStore::new(a.idle_timeout, a.max_lifetime, a.max_sessions)),
+            revocations: Revocations::new(a.max_sessions),
+            token_cache: TokenCache::new(a.jwt.as_ref().map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size)),
+            limiter: LoginLimiter::new(a.login_failures_per_minute),
+            hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
+        }
+    }
+}
+
+/// Everything a connection task needs.
+pub struct Shared {
+    /// The current snapshot.
+    pub runtime: ArcSwap<Runtime>,
+    /// Live state.
+    pub live: Live,
+    /// Open upgraded tunnels (WebSocket), waited for on shutdown.
+    pub tunnels: TaskTracker,
+    /// Listeners are up.
+    pub ready: AtomicBool,
+    /// Request counter for request ids.
+    pub request_seq: AtomicU64,
+    /// Random per-process prefix for request ids.
+    pub request_prefix: u32,
+}
+
+impl Shared {
+    /// Builds shared state from a first snapshot.
+    pub fn new(runtime: Runtime) -> Arc<Shared> {
+        let live = Live::new(&runtime.config);
+        let mut p = [0u8; 4];
+        let _ = getrandom::fill(&mut p);
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            live,
+            tunnels: TaskTracker::new(),
+            ready: AtomicBool::new(false),
+            request_seq: AtomicU64::new(0),
+            request_prefix: u32::from_le_bytes(p),
+        })
+    }
+}
