@@ -87,7 +87,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::UnsupportedMediaType => "unsupported content type",
             GatewayError::TooManyRequests { .. } => "too many attempts; try again later",
-            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => "the upstream service is unavailable",
+            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => {
+                "the upstream service is unavailable"
+            }
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::Internal(_) => "internal error",
         }
@@ -103,7 +105,10 @@ impl GatewayError {
         let status = self.status();
         let msg = self.public_message();
         let (body, ctype) = if wants_html {
-            (Bytes::from(error_page(status, msg)), "text/html; charset=utf-8")
+            (
+                Bytes::from(error_page(status, msg)),
+                "text/html; charset=utf-8",
+            )
         } else {
             (Bytes::from(serde_json::json!({"error": status.canonical_reason().unwrap_or("error"), "status": status.as_u16(), "message": msg}).to_string()), "application/json")
         };
@@ -116,7 +121,10 @@ impl GatewayError {
             h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
         }
         if status == StatusCode::UNAUTHORIZED {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Cookie realm=\"authgate\""));
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Cookie realm=\"authgate\""),
+            );
         }
         resp
     }
@@ -136,5 +144,8 @@ pub fn error_page(status: StatusCode, msg: &str) -> String {
 
 /// Whether the client prefers HTML (browser navigation).
 pub fn wants_html(headers: &http::HeaderMap) -> bool {
-    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
 }

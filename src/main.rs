@@ -72,7 +72,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             authgate::server::tls::install_crypto_provider();
             match Config::load(&cli.config).and_then(authgate::state::Runtime::build) {
                 Ok(rt) => {
-                    println!("{}: ok ({} routes, {} users)", cli.config.display(), rt.router.routes().len(), rt.users.len());
+                    println!(
+                        "{}: ok ({} routes, {} users)",
+                        cli.config.display(),
+                        rt.router.routes().len(),
+                        rt.users.len()
+                    );
                     Ok(0)
                 }
                 Err(errs) => {
@@ -89,17 +94,27 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if pw.is_empty() {
                 anyhow::bail!("empty password");
             }
-            println!("{}", authgate::auth::password::hash(pw.as_bytes()).map_err(anyhow::Error::msg)?);
+            println!(
+                "{}",
+                authgate::auth::password::hash(pw.as_bytes()).map_err(anyhow::Error::msg)?
+            );
             Ok(0)
         }
         Command::GenCert { cert, key, names } => {
             authgate::server::tls::install_crypto_provider();
-            authgate::server::tls::generate_dev_cert(&cert, &key, &names).map_err(anyhow::Error::msg)?;
-            println!("wrote {} and {} (development only)", cert.display(), key.display());
+            authgate::server::tls::generate_dev_cert(&cert, &key, &names)
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} and {} (development only)",
+                cert.display(),
+                key.display()
+            );
             Ok(0)
         }
         Command::GenJwtKey { alg, out } => {
-            let alg = JwtAlgorithm::parse(&alg).with_context(|| format!("unknown algorithm {alg:?} (EdDSA, ES256, RS256, HS256)"))?;
+            let alg = JwtAlgorithm::parse(&alg).with_context(|| {
+                format!("unknown algorithm {alg:?} (EdDSA, ES256, RS256, HS256)")
+            })?;
             let files = authgate::auth::jwt::generate_key(alg, &out).map_err(anyhow::Error::msg)?;
             for f in files {
                 println!("wrote {}", f.display());
@@ -132,7 +147,10 @@ fn init_logging(format: LogFormat) {
         _ => format,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
         LogFormat::Text => b.init(),
@@ -150,7 +168,9 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
         }
     };
     init_logging(config.log.format);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let gw = Gateway::start(config).await?;
         {
@@ -173,7 +193,11 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
 #[cfg(unix)]
 async fn wait_for_signals(gw: &Gateway, path: &std::path::Path) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

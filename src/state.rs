@@ -12,7 +12,9 @@ use crate::auth::jwt::{JwtKeys, TokenCache};
 use crate::auth::revocation::Revocations;
 use crate::auth::session::{MemorySessionStore, SessionStore};
 use crate::auth::users::Users;
-use crate::config::{AuthMode, Config, ConfigError, ConfigErrors, UpstreamTarget, ALL_PRESET_HEADERS};
+use crate::config::{
+    AuthMode, Config, ConfigError, ConfigErrors, UpstreamTarget, ALL_PRESET_HEADERS,
+};
 use crate::login::limit::LoginLimiter;
 use crate::pipeline::forward::{build_client, UpstreamClient};
 use crate::pipeline::headers::FORWARDING_HEADERS;
@@ -42,7 +44,10 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("routes", &self.router.routes().len()).field("users", &self.users.len()).finish()
+        f.debug_struct("Runtime")
+            .field("routes", &self.router.routes().len())
+            .field("users", &self.users.len())
+            .finish()
     }
 }
 
@@ -50,7 +55,14 @@ impl Runtime {
     /// Builds the snapshot: parses keys, certificates and hashes once.
     pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
         let file = config.source.clone();
-        let err = |key: &str, message: String| ConfigErrors(vec![ConfigError { file: file.clone(), key: key.into(), line: None, message }]);
+        let err = |key: &str, message: String| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                key: key.into(),
+                line: None,
+                message,
+            }])
+        };
         let users = Users::build(&config.users).map_err(|m| err("users", m))?;
 
         let mut clients = vec![build_client(None).map_err(|m| err("routes", m))?];
@@ -58,7 +70,10 @@ impl Runtime {
         for r in &config.routes {
             let client = match &r.tls_ca {
                 Some(ca) => {
-                    clients.push(build_client(Some(ca)).map_err(|m| err(&format!("routes[{}].tls_ca", r.index), m))?);
+                    clients.push(
+                        build_client(Some(ca))
+                            .map_err(|m| err(&format!("routes[{}].tls_ca", r.index), m))?,
+                    );
                     clients.len() - 1
                 }
                 None => 0,
@@ -67,23 +82,47 @@ impl Runtime {
                 UpstreamTarget::Whoami => "builtin:whoami".to_string(),
                 UpstreamTarget::Http { .. } => r.upstream_label.clone(),
             };
-            routes.push(Route { config: r.clone(), label: Arc::from(format!("routes[{}]→{target}", r.index)), client });
+            routes.push(Route {
+                config: r.clone(),
+                label: Arc::from(format!("routes[{}]→{target}", r.index)),
+                client,
+            });
         }
 
         let jwt = match (&config.auth.jwt, config.auth.mode) {
             (Some(j), AuthMode::Jwt) => Some(Arc::new(JwtKeys::load(j).map_err(|errs| {
-                ConfigErrors(errs.into_iter().map(|(key, message)| ConfigError { file: file.clone(), key, line: None, message }).collect())
+                ConfigErrors(
+                    errs.into_iter()
+                        .map(|(key, message)| ConfigError {
+                            file: file.clone(),
+                            key,
+                            line: None,
+                            message,
+                        })
+                        .collect(),
+                )
             })?)),
             _ => None,
         };
         let tls = match &config.server.tls {
-            Some(t) => Some(crate::server::tls::server_config(t).map_err(|m| err("server.tls", m))?),
+            Some(t) => {
+                Some(crate::server::tls::server_config(t).map_err(|m| err("server.tls", m))?)
+            }
             None => None,
         };
 
         let h = &config.headers;
-        let mut strip_names: Vec<String> = ALL_PRESET_HEADERS.iter().map(|s| s.to_string()).collect();
-        for n in [Some(&h.user), Some(&h.email), Some(&h.groups), h.name.as_ref()].into_iter().flatten() {
+        let mut strip_names: Vec<String> =
+            ALL_PRESET_HEADERS.iter().map(|s| s.to_string()).collect();
+        for n in [
+            Some(&h.user),
+            Some(&h.email),
+            Some(&h.groups),
+            h.name.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let norm = n.as_str().replace(['_', '.'], "-");
             if !strip_names.contains(&norm) {
                 strip_names.push(norm);
@@ -104,7 +143,13 @@ impl Runtime {
 
     /// Whether `Authorization: Bearer` tokens are accepted.
     pub fn bearer_enabled(&self) -> bool {
-        self.config.auth.mode == AuthMode::Jwt && self.config.auth.jwt.as_ref().is_some_and(|j| j.accept_bearer)
+        self.config.auth.mode == AuthMode::Jwt
+            && self
+                .config
+                .auth
+                .jwt
+                .as_ref()
+                .is_some_and(|j| j.accept_bearer)
     }
 }
 
@@ -127,9 +172,17 @@ impl Live {
     pub fn new(cfg: &Config) -> Live {
         let a = &cfg.auth;
         Live {
-            sessions: Arc::new(MemorySessionStore::new(a.idle_timeout, a.max_lifetime, a.max_sessions)),
+            sessions: Arc::new(MemorySessionStore::new(
+                a.idle_timeout,
+                a.max_lifetime,
+                a.max_sessions,
+            )),
             revocations: Revocations::new(a.max_sessions),
-            token_cache: TokenCache::new(a.jwt.as_ref().map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size)),
+            token_cache: TokenCache::new(
+                a.jwt
+                    .as_ref()
+                    .map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size),
+            ),
             limiter: LoginLimiter::new(a.login_failures_per_minute),
             hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
         }

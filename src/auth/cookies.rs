@@ -15,11 +15,16 @@ pub fn session_cookie(cfg: &Config, value: &str, max_age_secs: u64) -> Result<He
         .same_site(SameSite::Lax)
         .path("/")
         .secure(cfg.server.https)
-        .max_age(cookie::time::Duration::seconds(max_age_secs.min(i64::MAX as u64) as i64))
+        .max_age(cookie::time::Duration::seconds(
+            max_age_secs.min(i64::MAX as u64) as i64,
+        ))
         .build()
         .to_string();
     if c.len() > MAX_COOKIE_BYTES {
-        return Err(format!("cookie would be {} bytes, over the {MAX_COOKIE_BYTES}-byte browser limit", c.len()));
+        return Err(format!(
+            "cookie would be {} bytes, over the {MAX_COOKIE_BYTES}-byte browser limit",
+            c.len()
+        ));
     }
     HeaderValue::from_str(&c).map_err(|e| e.to_string())
 }

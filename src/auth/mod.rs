@@ -69,7 +69,11 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
             let Source::Cookie(v) = src else { return None };
             let s = live.sessions.get(v)?;
             let user = rt.users.get(&s.username)?.clone();
-            Some(Authenticated { user, credential: Credential::Session(s), renew: None })
+            Some(Authenticated {
+                user,
+                credential: Credential::Session(s),
+                renew: None,
+            })
         }
         AuthMode::Jwt => {
             let keys = rt.jwt.as_ref()?;
@@ -85,22 +89,39 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
                     return None;
                 }
             };
-            if live.revocations.is_jti_revoked(&vt.jti) || live.revocations.is_user_revoked(&vt.sub, vt.iat) {
+            if live.revocations.is_jti_revoked(&vt.jti)
+                || live.revocations.is_user_revoked(&vt.sub, vt.iat)
+            {
                 tracing::debug!(user = %vt.sub, "jwt revoked");
                 return None;
             }
             let user = rt.users.get(&vt.sub)?.clone();
-            let renew = if matches!(src, Source::Cookie(_)) { renew_if_due(rt, &user, &vt, now) } else { None };
-            Some(Authenticated { user, credential: Credential::Jwt(vt), renew })
+            let renew = if matches!(src, Source::Cookie(_)) {
+                renew_if_due(rt, &user, &vt, now)
+            } else {
+                None
+            };
+            Some(Authenticated {
+                user,
+                credential: Credential::Jwt(vt),
+                renew,
+            })
         }
     }
 }
 
 /// Sliding renewal: a fresh cookie once less than half the ttl is left, never past max_lifetime.
-fn renew_if_due(rt: &Runtime, user: &User, vt: &jwt::VerifiedToken, now: u64) -> Option<HeaderValue> {
+fn renew_if_due(
+    rt: &Runtime,
+    user: &User,
+    vt: &jwt::VerifiedToken,
+    now: u64,
+) -> Option<HeaderValue> {
     let jwt_cfg = rt.config.auth.jwt.as_ref()?;
     let ttl = jwt_cfg.ttl.as_secs();
-    let deadline = vt.auth_time.saturating_add(rt.config.auth.max_lifetime.as_secs());
+    let deadline = vt
+        .auth_time
+        .saturating_add(rt.config.auth.max_lifetime.as_secs());
     if vt.exp.saturating_sub(now) >= ttl / 2 || vt.exp >= deadline {
         return None;
     }
@@ -108,10 +129,22 @@ fn renew_if_due(rt: &Runtime, user: &User, vt: &jwt::VerifiedToken, now: u64) ->
 }
 
 /// Issues a JWT for `user` and returns its Set-Cookie value.
-pub fn issue_jwt_cookie(rt: &Runtime, user: &User, auth_time: u64, now: u64) -> Result<HeaderValue, String> {
+pub fn issue_jwt_cookie(
+    rt: &Runtime,
+    user: &User,
+    auth_time: u64,
+    now: u64,
+) -> Result<HeaderValue, String> {
     let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
     let issued = keys
-        .issue(&user.username, user.email.as_deref(), &user.groups, auth_time, now, rt.config.auth.max_lifetime)
+        .issue(
+            &user.username,
+            user.email.as_deref(),
+            &user.groups,
+            auth_time,
+            now,
+            rt.config.auth.max_lifetime,
+        )
         .map_err(|e| e.to_string())?;
     let max_age = issued.claims.exp.saturating_sub(now);
     cookies::session_cookie(&rt.config, &issued.token, max_age)

@@ -37,29 +37,50 @@ impl std::fmt::Debug for PasswordHashKind {
 /// Checks a configured hash: format and sane cost parameters.
 pub fn check_hash(s: &str) -> Result<PasswordHashKind, String> {
     if s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2a$") {
-        let cost: u32 = s.get(4..6).and_then(|c| c.parse().ok()).ok_or("malformed bcrypt hash")?;
+        let cost: u32 = s
+            .get(4..6)
+            .and_then(|c| c.parse().ok())
+            .ok_or("malformed bcrypt hash")?;
         if s.len() != 60 {
             return Err("malformed bcrypt hash (expected 60 characters)".into());
         }
         if !BCRYPT_COST.contains(&cost) {
-            return Err(format!("bcrypt cost {cost} outside the sane range {BCRYPT_COST:?}"));
+            return Err(format!(
+                "bcrypt cost {cost} outside the sane range {BCRYPT_COST:?}"
+            ));
         }
         return Ok(PasswordHashKind::Bcrypt(s.to_string()));
     }
-    let h = PasswordHash::new(s).map_err(|e| format!("not an argon2 PHC string ({e}); generate one with `authgate hash-password`"))?;
+    let h = PasswordHash::new(s).map_err(|e| {
+        format!("not an argon2 PHC string ({e}); generate one with `authgate hash-password`")
+    })?;
     match h.algorithm.as_str() {
         "argon2id" | "argon2i" | "argon2d" => {}
-        other => return Err(format!("unsupported hash algorithm {other:?} (expected argon2id or bcrypt)")),
+        other => {
+            return Err(format!(
+                "unsupported hash algorithm {other:?} (expected argon2id or bcrypt)"
+            ))
+        }
     }
-    let params = argon2::Params::try_from(&h).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    let params =
+        argon2::Params::try_from(&h).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
     if !ARGON2_M_COST.contains(&params.m_cost()) {
-        return Err(format!("argon2 memory cost m={} KiB outside the sane range {ARGON2_M_COST:?}", params.m_cost()));
+        return Err(format!(
+            "argon2 memory cost m={} KiB outside the sane range {ARGON2_M_COST:?}",
+            params.m_cost()
+        ));
     }
     if !ARGON2_T_COST.contains(&params.t_cost()) {
-        return Err(format!("argon2 time cost t={} outside the sane range {ARGON2_T_COST:?}", params.t_cost()));
+        return Err(format!(
+            "argon2 time cost t={} outside the sane range {ARGON2_T_COST:?}",
+            params.t_cost()
+        ));
     }
     if !ARGON2_P_COST.contains(&params.p_cost()) {
-        return Err(format!("argon2 parallelism p={} outside the sane range {ARGON2_P_COST:?}", params.p_cost()));
+        return Err(format!(
+            "argon2 parallelism p={} outside the sane range {ARGON2_P_COST:?}",
+            params.p_cost()
+        ));
     }
     if h.hash.is_none() || h.salt.is_none() {
         return Err("argon2 PHC string lacks salt or hash".into());
@@ -93,7 +114,9 @@ pub fn hash(password: &[u8]) -> Result<String, String> {
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
     let params = argon2::Params::new(19 * 1024, 2, 1, None).map_err(|e| e.to_string())?;
     let a = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    a.hash_password(password, &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    a.hash_password(password, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A hash of a random password at the default cost: verified for unknown users so that an unknown
@@ -118,8 +141,16 @@ mod tests {
     #[test]
     fn check_hash_rejects_garbage_and_cheap_params() {
         assert!(check_hash("plaintext").is_err());
-        assert!(check_hash("$argon2id$v=19$m=16,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap_err().contains("memory cost"));
-        assert!(check_hash("$argon2id$v=19$m=19456,t=99,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").unwrap_err().contains("time cost"));
+        assert!(
+            check_hash("$argon2id$v=19$m=16,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo")
+                .unwrap_err()
+                .contains("memory cost")
+        );
+        assert!(
+            check_hash("$argon2id$v=19$m=19456,t=99,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo")
+                .unwrap_err()
+                .contains("time cost")
+        );
     }
 
     #[test]

@@ -54,16 +54,36 @@ struct SessionExpiry {
 }
 
 impl Expiry<SessionKey, Arc<SessionData>> for SessionExpiry {
-    fn expire_after_create(&self, _k: &SessionKey, _v: &Arc<SessionData>, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _k: &SessionKey,
+        _v: &Arc<SessionData>,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(self.idle.min(self.max_lifetime))
     }
 
-    fn expire_after_read(&self, _k: &SessionKey, v: &Arc<SessionData>, now: Instant, _left: Option<Duration>, _m: Instant) -> Option<Duration> {
-        let remaining = self.max_lifetime.saturating_sub(now.saturating_duration_since(v.created));
+    fn expire_after_read(
+        &self,
+        _k: &SessionKey,
+        v: &Arc<SessionData>,
+        now: Instant,
+        _left: Option<Duration>,
+        _m: Instant,
+    ) -> Option<Duration> {
+        let remaining = self
+            .max_lifetime
+            .saturating_sub(now.saturating_duration_since(v.created));
         Some(self.idle.min(remaining))
     }
 
-    fn expire_after_update(&self, k: &SessionKey, v: &Arc<SessionData>, now: Instant, left: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        k: &SessionKey,
+        v: &Arc<SessionData>,
+        now: Instant,
+        left: Option<Duration>,
+    ) -> Option<Duration> {
         self.expire_after_read(k, v, now, left, now)
     }
 }
@@ -77,8 +97,14 @@ pub struct MemorySessionStore {
 impl MemorySessionStore {
     /// A store with the given limits.
     pub fn new(idle: Duration, max_lifetime: Duration, max_sessions: u64) -> Self {
-        let cache = Cache::builder().max_capacity(max_sessions).expire_after(SessionExpiry { idle, max_lifetime }).build();
-        MemorySessionStore { cache, max_lifetime }
+        let cache = Cache::builder()
+            .max_capacity(max_sessions)
+            .expire_after(SessionExpiry { idle, max_lifetime })
+            .build();
+        MemorySessionStore {
+            cache,
+            max_lifetime,
+        }
     }
 
     /// Runs pending maintenance (expiry, eviction); tests and memory measurements use it.
@@ -109,13 +135,19 @@ pub fn random_key() -> Result<SessionKey, String> {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl SessionStore for MemorySessionStore {
     fn create(&self, username: Arc<str>) -> Result<String, String> {
         let key = random_key()?;
-        let data = Arc::new(SessionData { username, created: Instant::now(), created_unix: unix_now() });
+        let data = Arc::new(SessionData {
+            username,
+            created: Instant::now(),
+            created_unix: unix_now(),
+        });
         self.cache.insert(key, data);
         Ok(URL_SAFE_NO_PAD.encode(key))
     }
@@ -139,7 +171,12 @@ impl SessionStore for MemorySessionStore {
     }
 
     fn remove_user(&self, username: &str) {
-        let doomed: Vec<Arc<SessionKey>> = self.cache.iter().filter(|(_, v)| &*v.username == username).map(|(k, _)| k).collect();
+        let doomed: Vec<Arc<SessionKey>> = self
+            .cache
+            .iter()
+            .filter(|(_, v)| &*v.username == username)
+            .map(|(k, _)| k)
+            .collect();
         for k in doomed {
             self.cache.invalidate(&*k);
         }

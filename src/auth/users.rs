@@ -13,7 +13,10 @@ pub fn validate_username(u: &str) -> Result<(), String> {
     if u.is_empty() || u.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
-    if !u.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+')) {
+    if !u
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@' | b'+'))
+    {
         return Err(format!("{u:?}: use only letters, digits and . _ - @ +"));
     }
     Ok(())
@@ -34,7 +37,8 @@ pub fn validate_header_text(s: &str, allow_comma: bool) -> Result<(), String> {
     if s.trim() != s {
         return Err("must not start or end with whitespace".into());
     }
-    HeaderValue::from_bytes(s.as_bytes()).map_err(|_| "not usable as a header value".to_string())?;
+    HeaderValue::from_bytes(s.as_bytes())
+        .map_err(|_| "not usable as a header value".to_string())?;
     Ok(())
 }
 
@@ -81,12 +85,20 @@ impl Users {
     pub fn build(users: &[UserConfig]) -> Result<Users, String> {
         let mut by_name = HashMap::with_capacity(users.len());
         for u in users {
-            let hash = super::password::check_hash(&u.password_hash).map_err(|e| format!("{}.password_hash: {e}", u.key))?;
-            let hv = |s: &str| HeaderValue::from_bytes(s.as_bytes()).map_err(|_| format!("{}: not a header value", u.key));
+            let hash = super::password::check_hash(&u.password_hash)
+                .map_err(|e| format!("{}.password_hash: {e}", u.key))?;
+            let hv = |s: &str| {
+                HeaderValue::from_bytes(s.as_bytes())
+                    .map_err(|_| format!("{}: not a header value", u.key))
+            };
             let header_values = IdentityValues {
                 user: hv(&u.username)?,
                 email: u.email.as_deref().map(hv).transpose()?,
-                groups: if u.groups.is_empty() { None } else { Some(hv(&u.groups.join(","))?) },
+                groups: if u.groups.is_empty() {
+                    None
+                } else {
+                    Some(hv(&u.groups.join(","))?)
+                },
                 name: u.name.as_deref().map(hv).transpose()?,
             };
             let username: Arc<str> = Arc::from(u.username.as_str());

@@ -14,12 +14,21 @@ pub fn respond<B>(req: &Request<B>, client: SocketAddr) -> Response<Body> {
     let headers: Vec<(&str, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let (body, ctype) = if html {
         let mut rows = String::new();
         for (k, v) in &headers {
-            rows.push_str(&format!("<tr><th scope=\"row\">{}</th><td>{}</td></tr>", html_escape::encode_text(k), html_escape::encode_text(v)));
+            rows.push_str(&format!(
+                "<tr><th scope=\"row\">{}</th><td>{}</td></tr>",
+                html_escape::encode_text(k),
+                html_escape::encode_text(v)
+            ));
         }
         let page = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>whoami</title><style>{css}</style></head><body><main class=\"card wide\"><h1>whoami</h1><p>What the upstream received through authgate.</p><dl><dt>Method</dt><dd>{method}</dd><dt>Path</dt><dd>{path}</dd><dt>Query</dt><dd>{query}</dd><dt>Client</dt><dd>{client}</dd></dl><table><caption>Headers</caption>{rows}</table><form method=\"get\" action=\"/.auth/logout\"><button type=\"submit\">Sign out</button></form></main></body></html>",
@@ -37,7 +46,10 @@ pub fn respond<B>(req: &Request<B>, client: SocketAddr) -> Response<Body> {
                 match m.get_mut(*k) {
                     Some(serde_json::Value::Array(a)) => a.push(v.clone().into()),
                     _ => {
-                        m.insert((*k).to_string(), serde_json::Value::Array(vec![v.clone().into()]));
+                        m.insert(
+                            (*k).to_string(),
+                            serde_json::Value::Array(vec![v.clone().into()]),
+                        );
                     }
                 }
             }
@@ -53,7 +65,9 @@ pub fn respond<B>(req: &Request<B>, client: SocketAddr) -> Response<Body> {
         (j.to_string(), "application/json")
     };
     let mut resp = Response::new(Body::from(body));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

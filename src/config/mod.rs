@@ -387,11 +387,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Deserialises toml text into `T`, turning errors into a [`ConfigError`] with path and line.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, ConfigError> {
     let de = match toml::de::Deserializer::parse(text) {
         Ok(de) => de,
         Err(e) => {
@@ -480,7 +487,10 @@ impl Config {
 }
 
 fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
-    let mut c = Collector { file, errors: Vec::new() };
+    let mut c = Collector {
+        file,
+        errors: Vec::new(),
+    };
 
     // [server]
     let listen = match raw.server.listen.as_deref() {
@@ -489,26 +499,44 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                c.err("server.listen", format!("invalid socket address {s:?} (expected e.g. \"127.0.0.1:8080\")"));
+                c.err(
+                    "server.listen",
+                    format!("invalid socket address {s:?} (expected e.g. \"127.0.0.1:8080\")"),
+                );
                 None
             }
         },
     };
-    let default_public = format!("http://{}", listen.map(|a| a.to_string()).unwrap_or_else(|| DEFAULT_LISTEN.into()));
+    let default_public = format!(
+        "http://{}",
+        listen
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| DEFAULT_LISTEN.into())
+    );
     let public_raw = raw.server.public_url.clone().unwrap_or(default_public);
     let public_url = match url::Url::parse(&public_raw) {
         Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
-            if u.path() != "/" || u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+            if u.path() != "/"
+                || u.query().is_some()
+                || u.fragment().is_some()
+                || !u.username().is_empty()
+            {
                 c.err("server.public_url", "must be an origin only (scheme://host[:port]), without path, query or credentials");
             }
             u
         }
         Ok(_) => {
-            c.err("server.public_url", format!("{public_raw:?} must be an http:// or https:// URL"));
+            c.err(
+                "server.public_url",
+                format!("{public_raw:?} must be an http:// or https:// URL"),
+            );
             url::Url::parse("http://127.0.0.1:8080").expect("constant url")
         }
         Err(e) => {
-            c.err("server.public_url", format!("invalid URL {public_raw:?}: {e}"));
+            c.err(
+                "server.public_url",
+                format!("invalid URL {public_raw:?}: {e}"),
+            );
             url::Url::parse("http://127.0.0.1:8080").expect("constant url")
         }
     };
@@ -519,37 +547,69 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         let listen = match t.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                c.err("server.tls.listen", format!("invalid socket address {:?}", t.listen));
+                c.err(
+                    "server.tls.listen",
+                    format!("invalid socket address {:?}", t.listen),
+                );
                 None
             }
         };
         let cert = resolve_path(file, &t.cert);
         if !cert.is_file() {
-            c.err("server.tls.cert", format!("file not found: {}", cert.display()));
+            c.err(
+                "server.tls.cert",
+                format!("file not found: {}", cert.display()),
+            );
         }
         let key = resolve_path(file, &t.key);
         if !key.is_file() {
-            c.err("server.tls.key", format!("file not found: {}", key.display()));
+            c.err(
+                "server.tls.key",
+                format!("file not found: {}", key.display()),
+            );
         }
-        let handshake_timeout = c.duration("server.tls.handshake_timeout", t.handshake_timeout.as_deref(), DEFAULT_HANDSHAKE_TIMEOUT);
-        listen.map(|listen| TlsConfig { listen, cert, key, handshake_timeout })
+        let handshake_timeout = c.duration(
+            "server.tls.handshake_timeout",
+            t.handshake_timeout.as_deref(),
+            DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        listen.map(|listen| TlsConfig {
+            listen,
+            cert,
+            key,
+            handshake_timeout,
+        })
     });
 
     let mut trusted_proxies = Vec::new();
     for (i, p) in raw.server.trusted_proxies.iter().enumerate() {
-        let parsed = p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
+        let parsed = p
+            .parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
             Ok(n) => trusted_proxies.push(n),
-            Err(_) => c.err(format!("server.trusted_proxies[{i}]"), format!("{p:?} is not an IP address or CIDR")),
+            Err(_) => c.err(
+                format!("server.trusted_proxies[{i}]"),
+                format!("{p:?} is not an IP address or CIDR"),
+            ),
         }
     }
-    let max_connections = raw.server.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let max_connections = raw
+        .server
+        .max_connections
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
     if max_connections == 0 {
         c.err("server.max_connections", "must be at least 1");
     }
-    let max_header_bytes = raw.server.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+    let max_header_bytes = raw
+        .server
+        .max_header_bytes
+        .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
     if !(8192..=1024 * 1024).contains(&max_header_bytes) {
-        c.err("server.max_header_bytes", "must be between 8192 and 1048576");
+        c.err(
+            "server.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
     }
     let server = ServerConfig {
         listen,
@@ -559,8 +619,16 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         tls,
         trusted_proxies,
         max_connections: max_connections.max(1),
-        header_read_timeout: c.duration("server.header_read_timeout", raw.server.header_read_timeout.as_deref(), DEFAULT_HEADER_READ_TIMEOUT),
-        shutdown_grace: c.duration("server.shutdown_grace", raw.server.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE),
+        header_read_timeout: c.duration(
+            "server.header_read_timeout",
+            raw.server.header_read_timeout.as_deref(),
+            DEFAULT_HEADER_READ_TIMEOUT,
+        ),
+        shutdown_grace: c.duration(
+            "server.shutdown_grace",
+            raw.server.shutdown_grace.as_deref(),
+            DEFAULT_SHUTDOWN_GRACE,
+        ),
         max_header_bytes,
     };
     if server.listen.is_none() && server.tls.is_none() && c.errors.is_empty() {
@@ -572,39 +640,73 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(o) => {
-            c.err("log.format", format!("unknown format {o:?} (expected \"text\" or \"json\")"));
+            c.err(
+                "log.format",
+                format!("unknown format {o:?} (expected \"text\" or \"json\")"),
+            );
             LogFormat::Text
         }
     };
-    let log = LogConfig { format, access_log: raw.log.access_log.unwrap_or(true) };
+    let log = LogConfig {
+        format,
+        access_log: raw.log.access_log.unwrap_or(true),
+    };
 
     // [auth]
     let mode = match raw.auth.mode.as_deref() {
         None | Some("session") => AuthMode::Session,
         Some("jwt") => AuthMode::Jwt,
         Some(o) => {
-            c.err("auth.mode", format!("unknown mode {o:?} (expected \"session\" or \"jwt\")"));
+            c.err(
+                "auth.mode",
+                format!("unknown mode {o:?} (expected \"session\" or \"jwt\")"),
+            );
             AuthMode::Session
         }
     };
-    let base_cookie = raw.auth.cookie_name.clone().unwrap_or_else(|| "authgate".into());
-    if base_cookie.is_empty() || !base_cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        c.err("auth.cookie_name", "must be non-empty and use only letters, digits, '_' and '-'");
+    let base_cookie = raw
+        .auth
+        .cookie_name
+        .clone()
+        .unwrap_or_else(|| "authgate".into());
+    if base_cookie.is_empty()
+        || !base_cookie
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        c.err(
+            "auth.cookie_name",
+            "must be non-empty and use only letters, digits, '_' and '-'",
+        );
     }
     let prefix = if https { "__Host-" } else { "" };
     let cookie_name = format!("{prefix}{base_cookie}");
     let csrf_cookie_name = format!("{prefix}{base_cookie}_csrf");
-    let idle_timeout = c.duration("auth.idle_timeout", raw.auth.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT);
-    let max_lifetime = c.duration("auth.max_lifetime", raw.auth.max_lifetime.as_deref(), DEFAULT_MAX_LIFETIME);
+    let idle_timeout = c.duration(
+        "auth.idle_timeout",
+        raw.auth.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+    );
+    let max_lifetime = c.duration(
+        "auth.max_lifetime",
+        raw.auth.max_lifetime.as_deref(),
+        DEFAULT_MAX_LIFETIME,
+    );
     let max_sessions = raw.auth.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
     if max_sessions == 0 {
         c.err("auth.max_sessions", "must be at least 1");
     }
-    let login_failures_per_minute = raw.auth.login_failures_per_minute.unwrap_or(DEFAULT_LOGIN_FAILURES_PER_MINUTE);
+    let login_failures_per_minute = raw
+        .auth
+        .login_failures_per_minute
+        .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_MINUTE);
     if login_failures_per_minute == 0 {
         c.err("auth.login_failures_per_minute", "must be at least 1");
     }
-    let login_concurrency = raw.auth.login_concurrency.unwrap_or(DEFAULT_LOGIN_CONCURRENCY);
+    let login_concurrency = raw
+        .auth
+        .login_concurrency
+        .unwrap_or(DEFAULT_LOGIN_CONCURRENCY);
     if login_concurrency == 0 {
         c.err("auth.login_concurrency", "must be at least 1");
     }
@@ -612,7 +714,10 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     let jwt = match (&raw.auth.jwt, mode) {
         (Some(j), _) => validate_jwt(j, file, &mut c),
         (None, AuthMode::Jwt) => {
-            c.err("auth.jwt", "mode = \"jwt\" needs an [auth.jwt] section with signing_key");
+            c.err(
+                "auth.jwt",
+                "mode = \"jwt\" needs an [auth.jwt] section with signing_key",
+            );
             None
         }
         (None, AuthMode::Session) => None,
@@ -633,15 +738,28 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     let headers = validate_headers(&raw.headers, &mut c);
 
     // users
-    let mut raw_users: Vec<(String, RawUser)> = raw.users.iter().enumerate().map(|(i, u)| (format!("users[{i}]"), u.clone())).collect();
+    let mut raw_users: Vec<(String, RawUser)> = raw
+        .users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (format!("users[{i}]"), u.clone()))
+        .collect();
     if let Some(uf) = &raw.auth.users_file {
         let path = resolve_path(file, uf);
         match std::fs::read_to_string(&path) {
             Ok(text) => match parse_toml::<raw::RawUsersFile>(&text, &path) {
-                Ok(f) => raw_users.extend(f.users.into_iter().enumerate().map(|(i, u)| (format!("{}: users[{i}]", path.display()), u))),
+                Ok(f) => raw_users.extend(
+                    f.users
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, u)| (format!("{}: users[{i}]", path.display()), u)),
+                ),
                 Err(e) => c.errors.push(e),
             },
-            Err(e) => c.err("auth.users_file", format!("cannot read {}: {e}", path.display())),
+            Err(e) => c.err(
+                "auth.users_file",
+                format!("cannot read {}: {e}", path.display()),
+            ),
         }
     }
     let mut seen = HashSet::new();
@@ -651,7 +769,10 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
             c.err(format!("{key}.username"), m);
         }
         if !seen.insert(u.username.clone()) {
-            c.err(format!("{key}.username"), format!("duplicate username {:?}", u.username));
+            c.err(
+                format!("{key}.username"),
+                format!("duplicate username {:?}", u.username),
+            );
         }
         if let Err(m) = crate::auth::password::check_hash(&u.password_hash) {
             c.err(format!("{key}.password_hash"), m);
@@ -691,7 +812,10 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = validate_route(i, r, file, &mut c) {
             if !seen_routes.insert((route.host.clone(), route.path_prefix.clone())) {
-                c.err(format!("routes[{i}]"), "duplicate route: another route has the same host and path_prefix");
+                c.err(
+                    format!("routes[{i}]"),
+                    "duplicate route: another route has the same host and path_prefix",
+                );
             }
             routes.push(route);
         }
@@ -700,7 +824,15 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
-    Ok(Config { source: file.to_path_buf(), server, log, auth, headers, users, routes })
+    Ok(Config {
+        source: file.to_path_buf(),
+        server,
+        log,
+        auth,
+        headers,
+        users,
+        routes,
+    })
 }
 
 fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtConfig> {
@@ -709,7 +841,10 @@ fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtCon
         Some(a) => match JwtAlgorithm::parse(a) {
             Some(a) => a,
             None => {
-                c.err("auth.jwt.algorithm", format!("unknown algorithm {a:?} (expected EdDSA, ES256, RS256 or HS256)"));
+                c.err(
+                    "auth.jwt.algorithm",
+                    format!("unknown algorithm {a:?} (expected EdDSA, ES256, RS256 or HS256)"),
+                );
                 return None;
             }
         },
@@ -718,21 +853,33 @@ fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtCon
         (Some(f), None) => {
             let p = resolve_path(file, f);
             if !p.is_file() {
-                c.err("auth.jwt.signing_key", format!("file not found: {}", p.display()));
+                c.err(
+                    "auth.jwt.signing_key",
+                    format!("file not found: {}", p.display()),
+                );
             }
             KeySource::File(p)
         }
         (None, Some(env)) if algorithm == JwtAlgorithm::HS256 => KeySource::Env(env.clone()),
         (None, Some(_)) => {
-            c.err("auth.jwt.signing_key_env", "only HS256 secrets may come from the environment; asymmetric keys are PEM files");
+            c.err(
+                "auth.jwt.signing_key_env",
+                "only HS256 secrets may come from the environment; asymmetric keys are PEM files",
+            );
             return None;
         }
         (Some(_), Some(_)) => {
-            c.err("auth.jwt.signing_key", "set either signing_key or signing_key_env, not both");
+            c.err(
+                "auth.jwt.signing_key",
+                "set either signing_key or signing_key_env, not both",
+            );
             return None;
         }
         (None, None) => {
-            c.err("auth.jwt.signing_key", "missing: path of the signing key (or signing_key_env for HS256)");
+            c.err(
+                "auth.jwt.signing_key",
+                "missing: path of the signing key (or signing_key_env for HS256)",
+            );
             return None;
         }
     };
@@ -743,7 +890,10 @@ fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtCon
             (Some(f), None) => {
                 let p = resolve_path(file, f);
                 if !p.is_file() {
-                    c.err(format!("{key}.file"), format!("file not found: {}", p.display()));
+                    c.err(
+                        format!("{key}.file"),
+                        format!("file not found: {}", p.display()),
+                    );
                 }
                 KeySource::File(p)
             }
@@ -754,9 +904,15 @@ fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtCon
             }
         };
         if vk.kid.is_empty() {
-            c.err(format!("auth.jwt.verify_keys[{i}].kid"), "must not be empty");
+            c.err(
+                format!("auth.jwt.verify_keys[{i}].kid"),
+                "must not be empty",
+            );
         }
-        verify_keys.push(VerifyKeyConfig { kid: vk.kid.clone(), source });
+        verify_keys.push(VerifyKeyConfig {
+            kid: vk.kid.clone(),
+            source,
+        });
     }
     let ttl = c.duration("auth.jwt.ttl", j.ttl.as_deref(), DEFAULT_JWT_TTL);
     let leeway = match j.leeway.as_deref() {
@@ -790,11 +946,29 @@ fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtCon
 
 fn validate_headers(h: &raw::RawHeaders, c: &mut Collector<'_>) -> HeaderNames {
     let (user, email, groups, name) = match h.preset.as_deref() {
-        None | Some("oauth2-proxy") => ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", None),
-        Some("authelia") => ("remote-user", "remote-email", "remote-groups", Some("remote-name")),
+        None | Some("oauth2-proxy") => (
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-forwarded-groups",
+            None,
+        ),
+        Some("authelia") => (
+            "remote-user",
+            "remote-email",
+            "remote-groups",
+            Some("remote-name"),
+        ),
         Some(o) => {
-            c.err("headers.preset", format!("unknown preset {o:?} (expected \"oauth2-proxy\" or \"authelia\")"));
-            ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups", None)
+            c.err(
+                "headers.preset",
+                format!("unknown preset {o:?} (expected \"oauth2-proxy\" or \"authelia\")"),
+            );
+            (
+                "x-forwarded-user",
+                "x-forwarded-email",
+                "x-forwarded-groups",
+                None,
+            )
         }
     };
     let mut pick = |key: &str, over: &Option<String>, default: &str| -> HeaderName {
@@ -817,14 +991,28 @@ fn validate_headers(h: &raw::RawHeaders, c: &mut Collector<'_>) -> HeaderNames {
     let email = pick("headers.email", &h.email, email);
     let groups = pick("headers.groups", &h.groups, groups);
     let name = match (&h.name, name) {
-        (Some(_), d) => Some(pick("headers.name", &h.name, d.unwrap_or("x-forwarded-name"))),
+        (Some(_), d) => Some(pick(
+            "headers.name",
+            &h.name,
+            d.unwrap_or("x-forwarded-name"),
+        )),
         (None, Some(d)) => Some(HeaderName::from_static(d)),
         (None, None) => None,
     };
-    HeaderNames { user, email, groups, name }
+    HeaderNames {
+        user,
+        email,
+        groups,
+        name,
+    }
 }
 
-fn validate_route(i: usize, r: &raw::RawRoute, file: &Path, c: &mut Collector<'_>) -> Option<RouteConfig> {
+fn validate_route(
+    i: usize,
+    r: &raw::RawRoute,
+    file: &Path,
+    c: &mut Collector<'_>,
+) -> Option<RouteConfig> {
     let before = c.errors.len();
     let key = |k: &str| format!("routes[{i}].{k}");
     let host = match r.host.as_deref() {
@@ -837,7 +1025,9 @@ fn validate_route(i: usize, r: &raw::RawRoute, file: &Path, c: &mut Collector<'_
             };
             let valid = !name.is_empty()
                 && name.len() <= 253
-                && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
             if !valid {
                 c.err(key("host"), format!("{h:?} is not a host name (expected e.g. \"app.example.com\" or \"*.example.com\", no port)"));
             }
@@ -849,30 +1039,57 @@ fn validate_route(i: usize, r: &raw::RawRoute, file: &Path, c: &mut Collector<'_
         }
     };
     let prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
-    if !prefix.starts_with('/') || prefix.contains("//") || prefix.split('/').any(|s| s == "." || s == "..") || prefix.bytes().any(|b| b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' ') {
+    if !prefix.starts_with('/')
+        || prefix.contains("//")
+        || prefix.split('/').any(|s| s == "." || s == "..")
+        || prefix.bytes().any(|b| {
+            b == b'%' || b == b'\\' || b == b'?' || b == b'#' || b.is_ascii_control() || b == b' '
+        })
+    {
         c.err(key("path_prefix"), format!("{prefix:?} must start with '/' and be a plain path (no '//', dot segments, '%', '\\', '?', '#')"));
     }
     let path_prefix = prefix.trim_end_matches('/').to_string();
     if path_prefix == "/.auth" || path_prefix.starts_with("/.auth/") {
-        c.err(key("path_prefix"), "/.auth is reserved for the gateway's own endpoints");
+        c.err(
+            key("path_prefix"),
+            "/.auth is reserved for the gateway's own endpoints",
+        );
     }
     let upstream = if r.upstream == "builtin:whoami" {
         UpstreamTarget::Whoami
     } else if let Some(other) = r.upstream.strip_prefix("builtin:") {
-        c.err(key("upstream"), format!("unknown builtin {other:?} (available: builtin:whoami)"));
+        c.err(
+            key("upstream"),
+            format!("unknown builtin {other:?} (available: builtin:whoami)"),
+        );
         UpstreamTarget::Whoami
     } else {
         match url::Url::parse(&r.upstream) {
             Ok(u) if (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some() => {
-                if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() || u.password().is_some() {
-                    c.err(key("upstream"), "must not contain a query, fragment or credentials");
+                if u.query().is_some()
+                    || u.fragment().is_some()
+                    || !u.username().is_empty()
+                    || u.password().is_some()
+                {
+                    c.err(
+                        key("upstream"),
+                        "must not contain a query, fragment or credentials",
+                    );
                 }
                 let host = u.host_str().unwrap_or_default();
                 let port = u.port_or_known_default().unwrap_or(80);
-                let auth_str = if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                let auth_str = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
                 match auth_str.parse::<Authority>() {
                     Ok(authority) => UpstreamTarget::Http {
-                        scheme: if u.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP },
+                        scheme: if u.scheme() == "https" {
+                            Scheme::HTTPS
+                        } else {
+                            Scheme::HTTP
+                        },
                         authority,
                         base_path: u.path().trim_end_matches('/').to_string(),
                     },
@@ -883,11 +1100,20 @@ fn validate_route(i: usize, r: &raw::RawRoute, file: &Path, c: &mut Collector<'_
                 }
             }
             Ok(_) => {
-                c.err(key("upstream"), format!("{:?}: expected http://host:port[/base], https://… or builtin:whoami", r.upstream));
+                c.err(
+                    key("upstream"),
+                    format!(
+                        "{:?}: expected http://host:port[/base], https://… or builtin:whoami",
+                        r.upstream
+                    ),
+                );
                 UpstreamTarget::Whoami
             }
             Err(e) => {
-                c.err(key("upstream"), format!("invalid URL {:?}: {e}", r.upstream));
+                c.err(
+                    key("upstream"),
+                    format!("invalid URL {:?}: {e}", r.upstream),
+                );
                 UpstreamTarget::Whoami
             }
         }
@@ -896,17 +1122,29 @@ fn validate_route(i: usize, r: &raw::RawRoute, file: &Path, c: &mut Collector<'_
         None | Some("authenticated") => Access::Authenticated,
         Some("public") => Access::Public,
         Some(o) => {
-            c.err(key("access"), format!("unknown access {o:?} (expected \"public\" or \"authenticated\")"));
+            c.err(
+                key("access"),
+                format!("unknown access {o:?} (expected \"public\" or \"authenticated\")"),
+            );
             Access::Authenticated
         }
     };
     if access == Access::Public && (r.allow_groups.is_some() || r.allow_users.is_some()) {
-        c.err(key("access"), "a public route cannot have allow_groups/allow_users; use access = \"authenticated\"");
+        c.err(
+            key("access"),
+            "a public route cannot have allow_groups/allow_users; use access = \"authenticated\"",
+        );
     }
-    for (k, v) in [("allow_groups", &r.allow_groups), ("allow_users", &r.allow_users)] {
+    for (k, v) in [
+        ("allow_groups", &r.allow_groups),
+        ("allow_users", &r.allow_users),
+    ] {
         if let Some(list) = v {
             if list.is_empty() {
-                c.err(key(k), "an empty list would deny everyone; remove the key instead");
+                c.err(
+                    key(k),
+                    "an empty list would deny everyone; remove the key instead",
+                );
             }
         }
     }

@@ -46,8 +46,14 @@ impl LoginLimiter {
     pub fn new(limit: u32) -> Self {
         LoginLimiter {
             limit,
-            by_addr: Cache::builder().max_capacity(MAX_KEYS).time_to_live(WINDOW).build(),
-            by_user: Cache::builder().max_capacity(MAX_KEYS).time_to_live(WINDOW).build(),
+            by_addr: Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(WINDOW)
+                .build(),
+            by_user: Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(WINDOW)
+                .build(),
         }
     }
 
@@ -64,9 +70,20 @@ impl LoginLimiter {
 
     /// Counts one failure.
     pub fn record_failure(&self, ip: IpAddr, username: &str) {
-        let new = || Arc::new(Counter { started: Instant::now(), failures: AtomicU32::new(0) });
-        self.by_addr.get_with(client_key(ip), new).failures.fetch_add(1, Ordering::Relaxed);
-        self.by_user.get_with(username.to_ascii_lowercase(), new).failures.fetch_add(1, Ordering::Relaxed);
+        let new = || {
+            Arc::new(Counter {
+                started: Instant::now(),
+                failures: AtomicU32::new(0),
+            })
+        };
+        self.by_addr
+            .get_with(client_key(ip), new)
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
+        self.by_user
+            .get_with(username.to_ascii_lowercase(), new)
+            .failures
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -84,7 +101,10 @@ mod tests {
         l.record_failure(a, "bob");
         assert!(l.check(a, "bob").is_some());
         assert!(l.check(a, "carol").is_some(), "address over the limit");
-        assert!(l.check(b, "BOB").is_some(), "username over the limit, whatever the case");
+        assert!(
+            l.check(b, "BOB").is_some(),
+            "username over the limit, whatever the case"
+        );
         assert!(l.check(b, "carol").is_none());
     }
 

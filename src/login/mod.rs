@@ -28,7 +28,12 @@ use crate::pipeline::ConnInfo;
 use crate::state::{Runtime, Shared};
 
 /// Characters escaped in a query value (everything but unreserved and '/').
-pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
 /// Login and logout bodies above this are refused before any parsing or hashing.
 pub const MAX_LOGIN_BODY: usize = 16 * 1024;
 /// How long a login waits for a hashing slot before being told to retry.
@@ -39,7 +44,13 @@ const BAD_CREDENTIALS: &str = "Invalid username or password.";
 const MAX_RD: usize = 2048;
 
 /// Handles `/.auth/*`.
-pub async fn endpoint(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incoming>, conn: &ConnInfo, path: &str) -> Result<Response<Body>, GatewayError> {
+pub async fn endpoint(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    path: &str,
+) -> Result<Response<Body>, GatewayError> {
     let m = req.method().clone();
     match path {
         "/.auth/health" => get_only(&m).map(|_| text(StatusCode::OK, "ok")),
@@ -71,7 +82,11 @@ pub async fn endpoint(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Inco
         "/.auth/jwks.json" => {
             get_only(&m)?;
             match rt.jwt.as_ref().and_then(|k| k.jwks_json()) {
-                Some(j) => Ok(bytes_response(StatusCode::OK, "application/json", j.clone())),
+                Some(j) => Ok(bytes_response(
+                    StatusCode::OK,
+                    "application/json",
+                    j.clone(),
+                )),
                 None => Err(GatewayError::NotFound),
             }
         }
@@ -90,13 +105,19 @@ fn get_only(m: &Method) -> Result<(), GatewayError> {
 fn bytes_response(status: StatusCode, ctype: &'static str, body: Bytes) -> Response<Body> {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
 fn text(status: StatusCode, s: &'static str) -> Response<Body> {
-    bytes_response(status, "text/plain; charset=utf-8", Bytes::from_static(s.as_bytes()))
+    bytes_response(
+        status,
+        "text/plain; charset=utf-8",
+        Bytes::from_static(s.as_bytes()),
+    )
 }
 
 fn html(status: StatusCode, page: String) -> Response<Body> {
@@ -104,7 +125,10 @@ fn html(status: StatusCode, page: String) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     r
 }
 
@@ -116,14 +140,21 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 /// percent-decoded forms, since browsers and apps decode at different layers.
 pub fn safe_rd(rd: &str, public_origin: &str) -> String {
     fn bad(s: &str) -> bool {
-        !s.starts_with('/') || s.starts_with("//") || s.starts_with("/\\") || s.contains('\\') || s.chars().any(|c| c.is_control()) || s.starts_with("/.auth")
+        !s.starts_with('/')
+            || s.starts_with("//")
+            || s.starts_with("/\\")
+            || s.contains('\\')
+            || s.chars().any(|c| c.is_control())
+            || s.starts_with("/.auth")
     }
     if rd.len() > MAX_RD || bad(rd) {
         return "/".into();
     }
     let mut cur = rd.to_string();
     for _ in 0..3 {
-        let dec = percent_encoding::percent_decode_str(&cur).decode_utf8_lossy().into_owned();
+        let dec = percent_encoding::percent_decode_str(&cur)
+            .decode_utf8_lossy()
+            .into_owned();
         if bad(&dec) {
             return "/".into();
         }
@@ -132,7 +163,9 @@ pub fn safe_rd(rd: &str, public_origin: &str) -> String {
         }
         cur = dec;
     }
-    let Ok(base) = url::Url::parse(public_origin) else { return "/".into() };
+    let Ok(base) = url::Url::parse(public_origin) else {
+        return "/".into();
+    };
     match base.join(rd) {
         Ok(u) if u.origin() == base.origin() => rd.to_string(),
         _ => "/".into(),
@@ -140,7 +173,9 @@ pub fn safe_rd(rd: &str, public_origin: &str) -> String {
 }
 
 fn query_param(req_query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(req_query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(req_query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The CSRF token from the double-submit cookie, if well formed.
@@ -157,7 +192,8 @@ fn csrf_token(rt: &Runtime, h: &HeaderMap) -> (String, Option<HeaderValue>) {
         Some(v) => (v.to_string(), None),
         None => {
             use base64::Engine;
-            let t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::auth::session::random_key().unwrap_or_default());
+            let t = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(crate::auth::session::random_key().unwrap_or_default());
             let c = cookies::csrf_cookie(&rt.config, &t);
             (t, Some(c))
         }
@@ -174,10 +210,16 @@ fn check_origin(rt: &Runtime, h: &HeaderMap) -> Result<(), GatewayError> {
         }
     }
     if let Some(o) = h.get(header::ORIGIN) {
-        return if o.as_bytes() == origin.as_bytes() { Ok(()) } else { Err(GatewayError::Csrf) };
+        return if o.as_bytes() == origin.as_bytes() {
+            Ok(())
+        } else {
+            Err(GatewayError::Csrf)
+        };
     }
     if let Some(r) = h.get(header::REFERER).and_then(|v| v.to_str().ok()) {
-        let same = r.strip_prefix(origin.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        let same = r
+            .strip_prefix(origin.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         if !same {
             return Err(GatewayError::Csrf);
         }
@@ -185,7 +227,11 @@ fn check_origin(rt: &Runtime, h: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn check_csrf_token(rt: &Runtime, h: &HeaderMap, submitted: Option<&str>) -> Result<(), GatewayError> {
+fn check_csrf_token(
+    rt: &Runtime,
+    h: &HeaderMap,
+    submitted: Option<&str>,
+) -> Result<(), GatewayError> {
     let cookie = csrf_cookie_value(rt, h).ok_or(GatewayError::Csrf)?;
     let submitted = submitted.ok_or(GatewayError::Csrf)?;
     if bool::from(cookie.as_bytes().ct_eq(submitted.as_bytes())) {
@@ -196,9 +242,15 @@ fn check_csrf_token(rt: &Runtime, h: &HeaderMap, submitted: Option<&str>) -> Res
 }
 
 fn login_get<B>(rt: &Runtime, req: &Request<B>) -> Response<Body> {
-    let rd = safe_rd(&query_param(req.uri().query(), "rd").unwrap_or_else(|| "/".into()), &rt.config.server.public_origin);
+    let rd = safe_rd(
+        &query_param(req.uri().query(), "rd").unwrap_or_else(|| "/".into()),
+        &rt.config.server.public_origin,
+    );
     let (csrf, set) = csrf_token(rt, req.headers());
-    let mut r = html(StatusCode::OK, page::login_page(&csrf, &rd, None, "", rt.users.has_demo()));
+    let mut r = html(
+        StatusCode::OK,
+        page::login_page(&csrf, &rd, None, "", rt.users.has_demo()),
+    );
     if let Some(c) = set {
         r.headers_mut().append(header::SET_COOKIE, c);
     }
@@ -221,7 +273,10 @@ enum Kind {
 }
 
 fn body_kind(h: &HeaderMap) -> Result<Kind, GatewayError> {
-    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         Ok(Kind::Form)
@@ -234,22 +289,35 @@ fn body_kind(h: &HeaderMap) -> Result<Kind, GatewayError> {
 
 async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), GatewayError> {
     let (parts, body) = req.into_parts();
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if len > MAX_LOGIN_BODY as u64 {
             return Err(GatewayError::PayloadTooLarge);
         }
     }
     match Limited::new(body, MAX_LOGIN_BODY).collect().await {
         Ok(c) => Ok((parts, c.to_bytes())),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(GatewayError::PayloadTooLarge),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(GatewayError::PayloadTooLarge)
+        }
         Err(_) => Err(GatewayError::BadRequest("could not read request body")),
     }
 }
 
 fn parse_login(kind: &Kind, body: &[u8]) -> Result<LoginForm, GatewayError> {
     match kind {
-        Kind::Form => serde_urlencoded::from_bytes(body).map_err(|_| GatewayError::BadRequest("malformed form")),
-        Kind::Json => serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest("malformed JSON")),
+        Kind::Form => serde_urlencoded::from_bytes(body)
+            .map_err(|_| GatewayError::BadRequest("malformed form")),
+        Kind::Json => {
+            serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest("malformed JSON"))
+        }
     }
 }
 
@@ -257,15 +325,31 @@ fn parse_login(kind: &Kind, body: &[u8]) -> Result<LoginForm, GatewayError> {
 /// the peer is a trusted proxy (untrusted peers' X-Forwarded-For was stripped already).
 fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
     let peer = conn.peer.ip();
-    if rt.config.server.trusted_proxies.iter().any(|n| n.contains(&peer)) {
-        if let Some(ip) = h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).and_then(|s| s.rsplit(',').next()).and_then(|s| s.trim().parse().ok()) {
+    if rt
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer))
+    {
+        if let Some(ip) = h
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.rsplit(',').next())
+            .and_then(|s| s.trim().parse().ok())
+        {
             return ip;
         }
     }
     peer
 }
 
-async fn login_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incoming>, conn: &ConnInfo) -> Result<Response<Body>, GatewayError> {
+async fn login_post(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Result<Response<Body>, GatewayError> {
     let kind = body_kind(req.headers())?;
     check_origin(rt, req.headers())?;
     let ip = client_ip(rt, req.headers(), conn);
@@ -274,7 +358,10 @@ async fn login_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incomi
     if matches!(kind, Kind::Form) {
         check_csrf_token(rt, &parts.headers, form.csrf.as_deref())?;
     }
-    let rd = safe_rd(form.rd.as_deref().unwrap_or("/"), &rt.config.server.public_origin);
+    let rd = safe_rd(
+        form.rd.as_deref().unwrap_or("/"),
+        &rt.config.server.public_origin,
+    );
     if form.username.len() > 64 || form.password.len() > 1024 {
         return Err(GatewayError::BadRequest("username or password too long"));
     }
@@ -284,27 +371,61 @@ async fn login_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incomi
     }
 
     let user = rt.users.get(&form.username).cloned();
-    let hash = user.as_ref().map_or_else(|| rt.dummy_hash.clone(), |u| u.hash.clone());
-    let permit = match tokio::time::timeout(HASH_QUEUE_WAIT, shared.live.hash_pool.clone().acquire_owned()).await {
+    let hash = user
+        .as_ref()
+        .map_or_else(|| rt.dummy_hash.clone(), |u| u.hash.clone());
+    let permit = match tokio::time::timeout(
+        HASH_QUEUE_WAIT,
+        shared.live.hash_pool.clone().acquire_owned(),
+    )
+    .await
+    {
         Ok(Ok(p)) => p,
         _ => return Err(GatewayError::TooManyRequests { retry_after: 1 }),
     };
+    // Check again with a slot in hand: failures recorded while this attempt queued must count, or
+    // a burst of concurrent guesses would all pass the check above before any failure is recorded.
+    if let Some(wait) = shared.live.limiter.check(ip, &form.username) {
+        tracing::warn!(client = %ip, "login rate limit reached");
+        return Err(GatewayError::TooManyRequests { retry_after: wait });
+    }
     let password = form.password;
+    let known = user.is_some();
+    let (state, username) = (Arc::clone(shared), form.username.clone());
     let ok = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        crate::auth::password::verify(&hash, password.as_bytes())
+        // Hash first, whether or not the user exists, so that both take the same time.
+        let matched = crate::auth::password::verify(&hash, password.as_bytes());
+        let ok = matched && known;
+        // Recorded before the slot is released (and even if the client has gone), so that the
+        // next queued attempt's check sees it.
+        if !ok {
+            state.live.limiter.record_failure(ip, &username);
+        }
+        ok
     })
     .await
     .map_err(|e| GatewayError::Internal(format!("password check panicked: {e}")))?;
 
     let Some(user) = user.filter(|_| ok) else {
-        shared.live.limiter.record_failure(ip, &form.username);
         tracing::info!(client = %ip, "login failed");
         return Ok(match kind {
-            Kind::Json => json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "invalid_credentials", "message": BAD_CREDENTIALS})),
+            Kind::Json => json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "invalid_credentials", "message": BAD_CREDENTIALS}),
+            ),
             Kind::Form => {
                 let csrf = csrf_cookie_value(rt, &parts.headers).unwrap_or_default();
-                html(StatusCode::UNAUTHORIZED, page::login_page(csrf, &rd, Some(BAD_CREDENTIALS), &form.username, rt.users.has_demo()))
+                html(
+                    StatusCode::UNAUTHORIZED,
+                    page::login_page(
+                        csrf,
+                        &rd,
+                        Some(BAD_CREDENTIALS),
+                        &form.username,
+                        rt.users.has_demo(),
+                    ),
+                )
             }
         });
     };
@@ -312,8 +433,13 @@ async fn login_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incomi
     let now = unix_now();
     let cookie = match rt.config.auth.mode {
         AuthMode::Session => {
-            let id = shared.live.sessions.create(user.username.clone()).map_err(GatewayError::Internal)?;
-            cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs()).map_err(GatewayError::Internal)?
+            let id = shared
+                .live
+                .sessions
+                .create(user.username.clone())
+                .map_err(GatewayError::Internal)?;
+            cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs())
+                .map_err(GatewayError::Internal)?
         }
         AuthMode::Jwt => issue_jwt_cookie(rt, &user, now, now).map_err(|e| {
             tracing::error!(user = %user.username, error = %e, "cannot issue token");
@@ -322,7 +448,10 @@ async fn login_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incomi
     };
     tracing::info!(client = %ip, user = %user.username, "login succeeded");
     let mut r = match kind {
-        Kind::Json => json(StatusCode::OK, serde_json::json!({"ok": true, "user": &*user.username, "redirect": rd})),
+        Kind::Json => json(
+            StatusCode::OK,
+            serde_json::json!({"ok": true, "user": &*user.username, "redirect": rd}),
+        ),
         Kind::Form => redirect(&format!("{}{}", rt.config.server.public_origin, rd)),
     };
     r.headers_mut().append(header::SET_COOKIE, cookie);
@@ -335,7 +464,8 @@ fn redirect(location: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -353,7 +483,11 @@ struct LogoutForm {
     csrf: Option<String>,
 }
 
-async fn logout_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+async fn logout_post(
+    shared: &Arc<Shared>,
+    rt: &Arc<Runtime>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
     check_origin(rt, req.headers())?;
     let all = query_param(req.uri().query(), "all").is_some_and(|v| v == "1" || v == "true");
     let kind = body_kind(req.headers());
@@ -362,7 +496,8 @@ async fn logout_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incom
     match kind {
         Ok(Kind::Json) => {}
         Ok(Kind::Form) => {
-            let f: LogoutForm = serde_urlencoded::from_bytes(&body).map_err(|_| GatewayError::BadRequest("malformed form"))?;
+            let f: LogoutForm = serde_urlencoded::from_bytes(&body)
+                .map_err(|_| GatewayError::BadRequest("malformed form"))?;
             check_csrf_token(rt, &parts.headers, f.csrf.as_deref())?;
         }
         Err(_) => return Err(GatewayError::Csrf),
@@ -373,16 +508,29 @@ async fn logout_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incom
             Credential::Session(_) => {
                 if all {
                     shared.live.sessions.remove_user(&a.user.username);
-                } else if let CookieLookup::One(v) = find_cookie(&parts.headers, &rt.config.auth.cookie_name) {
+                } else if let CookieLookup::One(v) =
+                    find_cookie(&parts.headers, &rt.config.auth.cookie_name)
+                {
                     shared.live.sessions.remove(v);
                 }
             }
             Credential::Jwt(t) => {
                 let now = unix_now();
-                let leeway = rt.config.auth.jwt.as_ref().map_or(0, |j| j.leeway.as_secs());
-                shared.live.revocations.revoke_jti(&t.jti, t.exp.saturating_add(leeway), now);
+                let leeway = rt
+                    .config
+                    .auth
+                    .jwt
+                    .as_ref()
+                    .map_or(0, |j| j.leeway.as_secs());
+                shared
+                    .live
+                    .revocations
+                    .revoke_jti(&t.jti, t.exp.saturating_add(leeway), now);
                 if all {
-                    shared.live.revocations.revoke_user_before(&a.user.username, now);
+                    shared
+                        .live
+                        .revocations
+                        .revoke_user_before(&a.user.username, now);
                 }
             }
         }
@@ -391,19 +539,31 @@ async fn logout_post(shared: &Arc<Shared>, rt: &Arc<Runtime>, req: Request<Incom
     let mut r = if matches!(kind, Ok(Kind::Form)) || browser {
         redirect(&format!("{}/.auth/login", rt.config.server.public_origin))
     } else {
-        json(StatusCode::OK, serde_json::json!({"ok": true, "was_logged_in": auth.is_some()}))
+        json(
+            StatusCode::OK,
+            serde_json::json!({"ok": true, "was_logged_in": auth.is_some()}),
+        )
     };
-    r.headers_mut().append(header::SET_COOKIE, cookies::clear_session_cookie(&rt.config));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        cookies::clear_session_cookie(&rt.config),
+    );
     Ok(r)
 }
 
 fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
     let (mode, expires) = match &a.credential {
-        Credential::Session(s) => ("session", s.created_unix + rt.config.auth.max_lifetime.as_secs()),
+        Credential::Session(s) => (
+            "session",
+            s.created_unix + rt.config.auth.max_lifetime.as_secs(),
+        ),
         Credential::Jwt(t) => ("jwt", t.exp),
     };
     let u = &a.user;
-    let mut r = json(StatusCode::OK, serde_json::json!({"user": &*u.username, "email": u.email, "name": u.name, "groups": u.groups, "mode": mode, "expires_at": expires}));
+    let mut r = json(
+        StatusCode::OK,
+        serde_json::json!({"user": &*u.username, "email": u.email, "name": u.name, "groups": u.groups, "mode": mode, "expires_at": expires}),
+    );
     if let Some(c) = &a.renew {
         r.headers_mut().append(header::SET_COOKIE, c.clone());
     }
@@ -417,11 +577,24 @@ fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Response<B
         return GatewayError::Unauthenticated.into_response(false);
     };
     let q = req.uri().query();
-    let list = |name| query_param(q, name).map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>());
+    let list = |name| {
+        query_param(q, name).map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+    };
     let (groups, users) = (list("allow_groups"), list("allow_users"));
     let allowed = match (&users, &groups) {
         (None, None) => true,
-        _ => users.as_ref().is_some_and(|u| u.iter().any(|x| **x == *a.user.username)) || groups.as_ref().is_some_and(|g| g.iter().any(|x| a.user.groups.contains(x))),
+        _ => {
+            users
+                .as_ref()
+                .is_some_and(|u| u.iter().any(|x| **x == *a.user.username))
+                || groups
+                    .as_ref()
+                    .is_some_and(|g| g.iter().any(|x| a.user.groups.contains(x)))
+        }
     };
     if !allowed {
         return GatewayError::Forbidden.into_response(false);
@@ -455,7 +628,20 @@ mod tests {
     fn safe_rd_keeps_local_paths_and_refuses_everything_else() {
         let o = "https://auth.example.com";
         assert_eq!(safe_rd("/app/x?y=1", o), "/app/x?y=1");
-        for bad in ["//evil.com", "/\\evil.com", "https://evil.com", "/%2F%2Fevil.com", "%2F%2Fevil.com", "/%5Cevil.com", "/a\r\nb", "/%0d%0aSet-Cookie:x", "javascript:alert(1)", "/%252F%252Fevil.com", "", "/.auth/logout"] {
+        for bad in [
+            "//evil.com",
+            "/\\evil.com",
+            "https://evil.com",
+            "/%2F%2Fevil.com",
+            "%2F%2Fevil.com",
+            "/%5Cevil.com",
+            "/a\r\nb",
+            "/%0d%0aSet-Cookie:x",
+            "javascript:alert(1)",
+            "/%252F%252Fevil.com",
+            "",
+            "/.auth/logout",
+        ] {
             assert_eq!(safe_rd(bad, o), "/", "{bad:?}");
         }
     }

@@ -4,9 +4,18 @@
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 
 /// The login form.
-pub fn login_page(csrf: &str, rd: &str, error: Option<&str>, username: &str, demo_hint: bool) -> String {
+pub fn login_page(
+    csrf: &str,
+    rd: &str,
+    error: Option<&str>,
+    username: &str,
+    demo_hint: bool,
+) -> String {
     let err = match error {
-        Some(e) => format!("<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>", text(e)),
+        Some(e) => format!(
+            "<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>",
+            text(e)
+        ),
         None => String::new(),
     };
     let hint = if demo_hint {
@@ -14,8 +23,16 @@ pub fn login_page(csrf: &str, rd: &str, error: Option<&str>, username: &str, dem
     } else {
         ""
     };
-    let described = if error.is_some() { " aria-describedby=\"login-error\"" } else { "" };
-    let (uf, pf) = if username.is_empty() { (" autofocus", "") } else { ("", " autofocus") };
+    let described = if error.is_some() {
+        " aria-describedby=\"login-error\""
+    } else {
+        ""
+    };
+    let (uf, pf) = if username.is_empty() {
+        (" autofocus", "")
+    } else {
+        ("", " autofocus")
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"same-origin\"><title>Sign in</title><style>{css}</style></head><body><main class=\"card\"><h1>Sign in</h1>{hint}{err}<form method=\"post\" action=\"/.auth/login\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\"><label for=\"username\">Username</label><input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required value=\"{user}\"{uf}{described}><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{pf}{described}><button type=\"submit\">Sign in</button></form></main></body></html>",
         css = crate::PAGE_CSS,

@@ -43,19 +43,27 @@ pub fn build_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, String> {
             return Err(format!("no certificate in {}", p.display()));
         }
         for c in certs {
-            roots.add(c).map_err(|e| format!("bad certificate in {}: {e}", p.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("bad certificate in {}: {e}", p.display()))?;
         }
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(http);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -68,12 +76,19 @@ pub fn build_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, String> {
 /// Contract: `req` already has its upstream URI, headers stripped and injected. The upstream gets
 /// HTTP/1.1 whatever the client spoke. `upgrade` is the client's `Upgrade` value when it asked for
 /// one: then a 101 answer turns into a byte tunnel tracked for graceful shutdown.
-pub async fn forward(shared: &Arc<Shared>, client: &UpstreamClient, mut req: Request<Incoming>, upgrade: Option<HeaderValue>, timeout: Duration) -> Result<Response<Body>, GatewayError> {
+pub async fn forward(
+    shared: &Arc<Shared>,
+    client: &UpstreamClient,
+    mut req: Request<Incoming>,
+    upgrade: Option<HeaderValue>,
+    timeout: Duration,
+) -> Result<Response<Body>, GatewayError> {
     *req.version_mut() = Version::HTTP_11;
     let client_upgrade = match &upgrade {
         Some(proto) => {
             let on = hyper::upgrade::on(&mut req);
-            req.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            req.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             req.headers_mut().insert(header::UPGRADE, proto.clone());
             Some(on)
         }
@@ -87,7 +102,9 @@ pub async fn forward(shared: &Arc<Shared>, client: &UpstreamClient, mut req: Req
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
-            return Err(GatewayError::Upstream("upstream switched protocols unasked".into()));
+            return Err(GatewayError::Upstream(
+                "upstream switched protocols unasked".into(),
+            ));
         };
         let proto = resp.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -105,7 +122,9 @@ pub async fn forward(shared: &Arc<Shared>, client: &UpstreamClient, mut req: Req
         });
         let (mut parts, _) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(p) = proto {
             parts.headers.insert(header::UPGRADE, p);
         }

@@ -27,13 +27,29 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Forwarding headers replaced unless the peer is a trusted proxy (normalised names).
-pub const FORWARDING_HEADERS: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port", "x-real-ip", "forwarded"];
+pub const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+];
 
 /// Whether a configured identity header name would collide with a header the gateway manages.
 pub fn is_reserved_header(n: &HeaderName) -> bool {
     HOP_BY_HOP.contains(n)
-        || [header::HOST, header::COOKIE, header::SET_COOKIE, header::CONTENT_LENGTH, header::AUTHORIZATION].contains(n)
-        || FORWARDING_HEADERS.iter().any(|f| eq_normalized(n.as_str().as_bytes(), f.as_bytes()))
+        || [
+            header::HOST,
+            header::COOKIE,
+            header::SET_COOKIE,
+            header::CONTENT_LENGTH,
+            header::AUTHORIZATION,
+        ]
+        .contains(n)
+        || FORWARDING_HEADERS
+            .iter()
+            .any(|f| eq_normalized(n.as_str().as_bytes(), f.as_bytes()))
 }
 
 /// Compares a (lowercase) header name with a lowercase target, reading `_` and `.` as `-`, the way
@@ -97,11 +113,25 @@ pub fn strip_normalized(headers: &mut HeaderMap, names: &[String]) {
 }
 
 /// Appends the client address to `X-Forwarded-For` (trusted peer) or replaces it (anyone else).
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: bool, proto: &'static str, host: Option<&HeaderValue>) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let mut buf = itoa_ip(peer);
     if trusted {
-        if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            buf = format!("{prev}, {buf}");
+        // Several header lines form one list (RFC 9110 §5.3): keep every hop, in order.
+        let prev: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !prev.is_empty() {
+            buf = format!("{}, {buf}", prev.join(", "));
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -140,11 +170,18 @@ fn itoa_ip(ip: IpAddr) -> String {
 /// Removes the cookie named `name` from the `Cookie` header(s), keeping the others byte for byte.
 pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
     let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if values.is_empty() || !values.iter().any(|v| memfind(v.as_bytes(), name.as_bytes())) {
+    if values.is_empty()
+        || !values
+            .iter()
+            .any(|v| memfind(v.as_bytes(), name.as_bytes()))
+    {
         return;
     }
     let mut kept: Vec<&str> = Vec::new();
-    let strs: Vec<String> = values.iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect();
+    let strs: Vec<String> = values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
     for s in &strs {
         for part in s.split(';') {
             let p = part.trim();
@@ -184,7 +221,9 @@ pub enum CookieLookup<'a> {
 pub fn find_cookie<'a>(headers: &'a HeaderMap, name: &str) -> CookieLookup<'a> {
     let mut found = None;
     for v in headers.get_all(header::COOKIE) {
-        let Ok(s) = std::str::from_utf8(v.as_bytes()) else { continue };
+        let Ok(s) = std::str::from_utf8(v.as_bytes()) else {
+            continue;
+        };
         for part in s.split(';') {
             let p = part.trim_start_matches(' ');
             if let Some(rest) = p.strip_prefix(name) {
@@ -217,7 +256,10 @@ mod tests {
     #[test]
     fn remove_hop_by_hop_removes_connection_named_headers_and_reports_upgrade() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret, Upgrade"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret, Upgrade"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -231,7 +273,10 @@ mod tests {
     #[test]
     fn find_cookie_rejects_duplicates_and_ignores_prefix_names() {
         let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("authgate_csrf=x; authgatex=1; authgate=abc"));
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("authgate_csrf=x; authgatex=1; authgate=abc"),
+        );
         assert_eq!(find_cookie(&h, "authgate"), CookieLookup::One("abc"));
         h.append("cookie", HeaderValue::from_static("authgate=evil"));
         assert_eq!(find_cookie(&h, "authgate"), CookieLookup::Ambiguous);
@@ -241,7 +286,10 @@ mod tests {
     #[test]
     fn remove_cookie_keeps_other_cookies() {
         let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("a=1; authgate=secret; b=2"));
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("a=1; authgate=secret; b=2"),
+        );
         remove_cookie(&mut h, "authgate");
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
     }

@@ -70,25 +70,37 @@ pub enum Decision {
 
 /// Phase 1: the normalised path, or 400.
 pub fn normalize_phase<B>(req: &Request<B>) -> Result<String, GatewayError> {
-    path::normalize(req.uri().path()).map(|p| p.into_owned()).map_err(|e| {
-        GatewayError::BadRequest(match e {
-            path::PathError::NotAbsolute => "request path must start with '/'",
-            path::PathError::BadEncoding => "malformed percent-encoding in path",
-            path::PathError::Forbidden => "encoded slash, backslash or NUL in path",
-            path::PathError::DotParam => "dot segment with parameters in path",
+    path::normalize(req.uri().path())
+        .map(|p| p.into_owned())
+        .map_err(|e| {
+            GatewayError::BadRequest(match e {
+                path::PathError::NotAbsolute => "request path must start with '/'",
+                path::PathError::BadEncoding => "malformed percent-encoding in path",
+                path::PathError::Forbidden => "encoded slash, backslash or NUL in path",
+                path::PathError::DotParam => "dot segment with parameters in path",
+            })
         })
-    })
 }
 
 /// Phase 2: removes what a client must never choose: hop-by-hop headers and those named in
 /// `Connection` first (so `Connection:` cannot delete what we add later), then every identity
 /// header name in every spelling, then forwarding headers from untrusted peers.
 /// Returns the client's Upgrade value and whether the peer is a trusted proxy.
-pub fn strip_phase(rt: &Runtime, headers: &mut HeaderMap, conn: &ConnInfo) -> (Option<HeaderValue>, bool) {
+pub fn strip_phase(
+    rt: &Runtime,
+    headers: &mut HeaderMap,
+    conn: &ConnInfo,
+) -> (Option<HeaderValue>, bool) {
     let upgrade = remove_hop_by_hop(headers);
     strip_normalized(headers, &rt.strip_names);
     let ip = conn.peer.ip();
-    let trusted = !rt.config.server.trusted_proxies.is_empty() && rt.config.server.trusted_proxies.iter().any(|n| n.contains(&ip));
+    let trusted = !rt.config.server.trusted_proxies.is_empty()
+        && rt
+            .config
+            .server
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&ip));
     if !trusted {
         strip_normalized(headers, &rt.forwarding_names);
     }
@@ -97,7 +109,11 @@ pub fn strip_phase(rt: &Runtime, headers: &mut HeaderMap, conn: &ConnInfo) -> (O
 
 /// The request's host name (Host header, or the authority for HTTP/2), port removed.
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    let h = match req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) {
+    let h = match req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(h) => h,
         None => req.uri().authority()?.as_str(),
     };
@@ -105,7 +121,13 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Phase 4: authenticate and authorise for `route`. `Ok(None)` for public routes.
-pub fn auth_phase<B>(rt: &Runtime, live: &Live, req: &Request<B>, route: &Route, path: &str) -> Result<Option<Authenticated>, Response<Body>> {
+pub fn auth_phase<B>(
+    rt: &Runtime,
+    live: &Live,
+    req: &Request<B>,
+    route: &Route,
+    path: &str,
+) -> Result<Option<Authenticated>, Response<Body>> {
     if !route.needs_auth() {
         return Ok(None);
     }
@@ -120,7 +142,8 @@ pub fn auth_phase<B>(rt: &Runtime, live: &Live, req: &Request<B>, route: &Route,
 
 /// 302 to the login page for browser navigation, 401 JSON for everything else.
 pub fn unauthenticated_response<B>(rt: &Runtime, req: &Request<B>, path: &str) -> Response<Body> {
-    let nav = (req.method() == Method::GET || req.method() == Method::HEAD) && wants_html(req.headers());
+    let nav =
+        (req.method() == Method::GET || req.method() == Method::HEAD) && wants_html(req.headers());
     if !nav {
         return GatewayError::Unauthenticated.into_response(false);
     }
@@ -130,19 +153,33 @@ pub fn unauthenticated_response<B>(rt: &Runtime, req: &Request<B>, path: &str) -
         rd.push('?');
         rd.push_str(q);
     }
-    let location = format!("{}/.auth/login?rd={}", rt.config.server.public_origin, percent_encoding::utf8_percent_encode(&rd, crate::login::QUERY_VALUE));
+    let location = format!(
+        "{}/.auth/login?rd={}",
+        rt.config.server.public_origin,
+        percent_encoding::utf8_percent_encode(&rd, crate::login::QUERY_VALUE)
+    );
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::FOUND;
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
 /// Phase 5: turns the client request into the upstream request: gateway cookie out, forwarding
 /// headers set from the connection, identity headers injected (after all stripping), URI and Host.
-pub fn build_upstream_phase<B>(rt: &Runtime, req: &mut Request<B>, route: &Route, path: &str, conn: &ConnInfo, trusted: bool, auth: Option<&Authenticated>, request_id: &HeaderValue) {
+pub fn build_upstream_phase<B>(
+    rt: &Runtime,
+    req: &mut Request<B>,
+    route: &Route,
+    path: &str,
+    conn: &ConnInfo,
+    trusted: bool,
+    auth: Option<&Authenticated>,
+    request_id: &HeaderValue,
+) {
     let cookie_name = &rt.config.auth.cookie_name;
     remove_cookie(req.headers_mut(), cookie_name);
     remove_cookie(req.headers_mut(), &rt.config.auth.csrf_cookie_name);
@@ -150,11 +187,22 @@ pub fn build_upstream_phase<B>(rt: &Runtime, req: &mut Request<B>, route: &Route
         // The gateway consumed it (or rejected it); upstreams never see gateway tokens.
         req.headers_mut().remove(header::AUTHORIZATION);
     }
-    let host_value = req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host_value = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let proto = if conn.tls { "https" } else { "http" };
-    set_forwarded(req.headers_mut(), conn.peer.ip(), trusted, proto, host_value.as_ref());
+    set_forwarded(
+        req.headers_mut(),
+        conn.peer.ip(),
+        trusted,
+        proto,
+        host_value.as_ref(),
+    );
     if !trusted || !req.headers().contains_key(&headers::X_REQUEST_ID) {
-        req.headers_mut().insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+        req.headers_mut()
+            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
     }
     if let Some(a) = auth {
         let names = &rt.config.headers;
@@ -195,7 +243,13 @@ pub fn build_upstream_phase<B>(rt: &Runtime, req: &mut Request<B>, route: &Route
 }
 
 /// Runs every synchronous phase. Generic over the body so benches can drive it without sockets.
-pub fn decide<B>(rt: &Runtime, live: &Live, req: &mut Request<B>, conn: &ConnInfo, request_id: &HeaderValue) -> Decision {
+pub fn decide<B>(
+    rt: &Runtime,
+    live: &Live,
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+) -> Decision {
     let path = match normalize_phase(req) {
         Ok(p) => p,
         Err(e) => return Decision::Respond(e.into_response(wants_html(req.headers()))),
@@ -211,37 +265,69 @@ pub fn decide<B>(rt: &Runtime, live: &Live, req: &mut Request<B>, conn: &ConnInf
         Ok(a) => a,
         Err(resp) => return Decision::Respond(resp),
     };
-    build_upstream_phase(rt, req, route, &path, conn, trusted, auth.as_ref(), request_id);
+    build_upstream_phase(
+        rt,
+        req,
+        route,
+        &path,
+        conn,
+        trusted,
+        auth.as_ref(),
+        request_id,
+    );
     let renew = auth.and_then(|a| a.renew);
     match route.config.upstream {
-        UpstreamTarget::Whoami => Decision::Whoami { renew, label: route.label.clone() },
-        UpstreamTarget::Http { .. } => Decision::Forward { client: route.client, upgrade, timeout: route.config.timeout, renew, label: route.label.clone() },
+        UpstreamTarget::Whoami => Decision::Whoami {
+            renew,
+            label: route.label.clone(),
+        },
+        UpstreamTarget::Http { .. } => Decision::Forward {
+            client: route.client,
+            upgrade,
+            timeout: route.config.timeout,
+            renew,
+            label: route.label.clone(),
+        },
     }
 }
 
 /// Handles one request end to end.
-pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, conn: ConnInfo, request_id: HeaderValue) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    request_id: HeaderValue,
+) -> Response<Body> {
     let rt = shared.runtime.load_full();
     let html = wants_html(req.headers());
     match decide(&rt, &shared.live, &mut req, &conn, &request_id) {
         Decision::Respond(r) => r,
-        Decision::Endpoint(path) => match crate::login::endpoint(&shared, &rt, req, &conn, &path).await {
-            Ok(r) => r,
-            Err(e) => error_response(e, html),
-        },
+        Decision::Endpoint(path) => {
+            match crate::login::endpoint(&shared, &rt, req, &conn, &path).await {
+                Ok(r) => r,
+                Err(e) => error_response(e, html),
+            }
+        }
         Decision::Whoami { renew, label } => {
             let mut r = crate::builtin::whoami::respond(&req, conn.peer);
             finish(&mut r, renew, label);
             r
         }
-        Decision::Forward { client, upgrade, timeout, renew, label } => {
-            let mut r = match forward::forward(&shared, &rt.clients[client], req, upgrade, timeout).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(route = %label, error = %e, "upstream failure");
-                    error_response(e, html)
-                }
-            };
+        Decision::Forward {
+            client,
+            upgrade,
+            timeout,
+            renew,
+            label,
+        } => {
+            let mut r =
+                match forward::forward(&shared, &rt.clients[client], req, upgrade, timeout).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(route = %label, error = %e, "upstream failure");
+                        error_response(e, html)
+                    }
+                };
             finish(&mut r, renew, label);
             r
         }
@@ -257,7 +343,14 @@ fn finish(r: &mut Response<Body>, renew: Option<HeaderValue>, label: Arc<str>) {
 
 /// The one place an error becomes a response; server faults are logged here once.
 pub fn error_response(e: GatewayError, html: bool) -> Response<Body> {
-    if e.is_server_fault() && !matches!(e, GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) | GatewayError::UpstreamTimeout) {
+    if e.is_server_fault()
+        && !matches!(
+            e,
+            GatewayError::UpstreamConnect(_)
+                | GatewayError::Upstream(_)
+                | GatewayError::UpstreamTimeout
+        )
+    {
         tracing::error!(error = %e, "request failed");
     }
     e.into_response(html)

@@ -24,7 +24,25 @@ pub enum PathError {
 }
 
 fn plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'/' | b'-'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+        )
 }
 
 /// Normalises a raw request path. The common case (already normal) borrows.
@@ -44,7 +62,11 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
         match c {
             b'%' => {
                 let hex = b.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
-                let v = u8::from_str_radix(std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?, 16).map_err(|_| PathError::BadEncoding)?;
+                let v = u8::from_str_radix(
+                    std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?,
+                    16,
+                )
+                .map_err(|_| PathError::BadEncoding)?;
                 if v == b'/' || v == b'\\' || v == 0 {
                     return Err(PathError::Forbidden);
                 }
@@ -131,6 +153,9 @@ mod tests {
 
     #[test]
     fn normalize_borrows_plain_paths() {
-        assert!(matches!(normalize("/api/v1/items").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize("/api/v1/items").unwrap(),
+            Cow::Borrowed(_)
+        ));
     }
 }

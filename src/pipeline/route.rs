@@ -25,8 +25,16 @@ impl Route {
 
     /// Whether `user` with `groups` may use this route (authenticated routes only).
     pub fn allows(&self, user: &str, groups: &[String]) -> bool {
-        let by_user = self.config.allow_users.as_ref().map(|u| u.iter().any(|x| x == user));
-        let by_group = self.config.allow_groups.as_ref().map(|g| g.iter().any(|x| groups.contains(x)));
+        let by_user = self
+            .config
+            .allow_users
+            .as_ref()
+            .map(|u| u.iter().any(|x| x == user));
+        let by_group = self
+            .config
+            .allow_groups
+            .as_ref()
+            .map(|g| g.iter().any(|x| groups.contains(x)));
         match (by_user, by_group) {
             (None, None) => true,
             (Some(a), None) | (None, Some(a)) => a,
@@ -36,14 +44,25 @@ impl Route {
 
     /// Builds the upstream URI for a normalised path and query.
     pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
-        let UpstreamTarget::Http { scheme, authority, base_path } = &self.config.upstream else {
+        let UpstreamTarget::Http {
+            scheme,
+            authority,
+            base_path,
+        } = &self.config.upstream
+        else {
             return None;
         };
         build_uri(scheme, authority, base_path, path, query)
     }
 }
 
-fn build_uri(scheme: &Scheme, authority: &Authority, base: &str, path: &str, query: Option<&str>) -> Option<http::Uri> {
+fn build_uri(
+    scheme: &Scheme,
+    authority: &Authority,
+    base: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Option<http::Uri> {
     let mut pq = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     pq.push_str(base);
     pq.push_str(path);
@@ -52,7 +71,12 @@ fn build_uri(scheme: &Scheme, authority: &Authority, base: &str, path: &str, que
         pq.push_str(q);
     }
     let pq = PathAndQuery::try_from(pq).ok()?;
-    http::Uri::builder().scheme(scheme.clone()).authority(authority.clone()).path_and_query(pq).build().ok()
+    http::Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+        .ok()
 }
 
 /// All routes, ordered for matching.
@@ -100,7 +124,11 @@ impl Router {
             let host_ok = match (&r.config.host, host) {
                 (HostMatch::Any, _) => true,
                 (HostMatch::Exact(h), Some(x)) => h.eq_ignore_ascii_case(x),
-                (HostMatch::Suffix(s), Some(x)) => x.len() > s.len() && x.get(x.len() - s.len()..).is_some_and(|t| t.eq_ignore_ascii_case(s)),
+                (HostMatch::Suffix(s), Some(x)) => {
+                    x.len() > s.len()
+                        && x.get(x.len() - s.len()..)
+                            .is_some_and(|t| t.eq_ignore_ascii_case(s))
+                }
                 (_, None) => false,
             };
             host_ok && prefix_matches(&r.config.path_prefix, path)
@@ -118,7 +146,13 @@ pub fn host_without_port(h: &str) -> &str {
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    h.rsplit_once(':').map_or(h, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { h })
+    h.rsplit_once(':').map_or(h, |(name, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            h
+        }
+    })
 }
 
 #[cfg(test)]
@@ -148,12 +182,22 @@ mod tests {
 
     #[test]
     fn find_prefers_longest_prefix_on_segment_boundaries() {
-        let r = Router::new(vec![route(HostMatch::Any, "/", 0), route(HostMatch::Any, "/app", 1), route(HostMatch::Any, "/app/admin", 2)]);
+        let r = Router::new(vec![
+            route(HostMatch::Any, "/", 0),
+            route(HostMatch::Any, "/app", 1),
+            route(HostMatch::Any, "/app/admin", 2),
+        ]);
         assert_eq!(r.find(None, "/app").unwrap().config.index, 1);
         assert_eq!(r.find(None, "/app/x").unwrap().config.index, 1);
         assert_eq!(r.find(None, "/apple").unwrap().config.index, 0);
         assert_eq!(r.find(None, "/app/admin/x").unwrap().config.index, 2);
-        assert_eq!(r.find(None, "/app/admin;jsessionid=1").unwrap().config.index, 2);
+        assert_eq!(
+            r.find(None, "/app/admin;jsessionid=1")
+                .unwrap()
+                .config
+                .index,
+            2
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,14 +46,21 @@ impl Gateway {
         let mut http_addr = None;
         let mut https_addr = None;
         if let Some(a) = cfg.server.listen {
-            let l = TcpListener::bind(a).await.map_err(|e| anyhow::anyhow!("cannot listen on {a} (server.listen): {e}"))?;
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {a} (server.listen): {e}"))?;
             http_addr = Some(l.local_addr()?);
             listeners.push((l, None));
         }
         if let (Some(t), Some(tc)) = (&cfg.server.tls, tls_cfg) {
-            let l = TcpListener::bind(t.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {} (server.tls.listen): {e}", t.listen))?;
+            let l = TcpListener::bind(t.listen).await.map_err(|e| {
+                anyhow::anyhow!("cannot listen on {} (server.tls.listen): {e}", t.listen)
+            })?;
             https_addr = Some(l.local_addr()?);
-            listeners.push((l, Some((tokio_rustls::TlsAcceptor::from(tc), t.handshake_timeout))));
+            listeners.push((
+                l,
+                Some((tokio_rustls::TlsAcceptor::from(tc), t.handshake_timeout)),
+            ));
         }
 
         let (stop, stop_rx) = watch::channel(false);
@@ -65,12 +72,24 @@ impl Gateway {
             .header_read_timeout(cfg.server.header_read_timeout)
             .max_buf_size(cfg.server.max_header_bytes.max(8192))
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(cfg.server.max_header_bytes as u32).keep_alive_interval(Some(Duration::from_secs(30)));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(cfg.server.max_header_bytes as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);
 
         let mut loops = Vec::new();
         for (l, tls) in listeners {
-            loops.push(tokio::spawn(accept_loop(l, tls, shared.clone(), builder.clone(), limit.clone(), stop_rx.clone())));
+            loops.push(tokio::spawn(accept_loop(
+                l,
+                tls,
+                shared.clone(),
+                builder.clone(),
+                limit.clone(),
+                stop_rx.clone(),
+                cfg.server.header_read_timeout,
+            )));
         }
         shared.ready.store(true, Ordering::Release);
         let grace = cfg.server.shutdown_grace;
@@ -87,12 +106,18 @@ impl Gateway {
                 }
             }
             sh.tunnels.close();
-            if tokio::time::timeout(grace, futures_join_all(drains)).await.is_err() {
+            if tokio::time::timeout(grace, futures_join_all(drains))
+                .await
+                .is_err()
+            {
                 tracing::warn!("grace period over: closing remaining connections");
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, sh.tunnels.wait()).await.is_err() {
-                tracing::warn!(open = sh.tunnels.len(), "grace period over: closing remaining tunnels");
+                tracing::warn!(
+                    open = sh.tunnels.len(),
+                    "grace period over: closing remaining tunnels"
+                );
             }
         });
         if let Some(a) = http_addr {
@@ -101,7 +126,13 @@ impl Gateway {
         if let Some(a) = https_addr {
             tracing::info!(addr = %a, "listening (https)");
         }
-        Ok(Gateway { http_addr, https_addr, shared, stop, task })
+        Ok(Gateway {
+            http_addr,
+            https_addr,
+            shared,
+            stop,
+            task,
+        })
     }
 
     /// Bound address of the plain HTTP listener.
@@ -167,7 +198,15 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: Vec<F>) {
 }
 
 /// Accepts until told to stop; returns the connections' shutdown handle so the caller can drain them.
-async fn accept_loop(l: TcpListener, tls: Tls, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>, limit: Arc<Semaphore>, mut stop: watch::Receiver<bool>) -> GracefulShutdown {
+async fn accept_loop(
+    l: TcpListener,
+    tls: Tls,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    first_request: Duration,
+) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
     loop {
         let permit = tokio::select! {
@@ -193,32 +232,86 @@ async fn accept_loop(l: TcpListener, tls: Tls, shared: Arc<Shared>, builder: Arc
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            serve(stream, peer, tls, shared, builder, watcher).await;
+            serve(stream, peer, tls, shared, builder, watcher, first_request).await;
         });
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, tls: Tls, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>, watcher: hyper_util::server::graceful::Watcher) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Tls,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    first_request: Duration,
+) {
     match tls {
-        None => serve_io(TokioIo::new(stream), ConnInfo { peer, tls: false }, shared, builder, watcher).await,
-        Some((acceptor, timeout)) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            Ok(Ok(s)) => serve_io(TokioIo::new(s), ConnInfo { peer, tls: true }, shared, builder, watcher).await,
-            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
-            Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
-        },
+        None => {
+            serve_io(
+                TokioIo::new(stream),
+                ConnInfo { peer, tls: false },
+                shared,
+                builder,
+                watcher,
+                first_request,
+            )
+            .await
+        }
+        Some((acceptor, timeout)) => {
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => {
+                    serve_io(
+                        TokioIo::new(s),
+                        ConnInfo { peer, tls: true },
+                        shared,
+                        builder,
+                        watcher,
+                        first_request,
+                    )
+                    .await
+                }
+                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
+                Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
+            }
+        }
     }
 }
 
-async fn serve_io<I>(io: I, conn: ConnInfo, shared: Arc<Shared>, builder: Arc<auto::Builder<TokioExecutor>>, watcher: hyper_util::server::graceful::Watcher)
-where
+/// Serves one connection. A connection that has not produced its first request within
+/// `first_request` (header_read_timeout) is dropped: hyper's own header timer only starts once
+/// HTTP/1 has been detected, so a client sending nothing (or half an HTTP/2 preface) would
+/// otherwise hold a connection slot forever.
+async fn serve_io<I>(
+    io: I,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    first_request: Duration,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let started = Arc::new(AtomicBool::new(false));
+    let seen = started.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
+        seen.store(true, Ordering::Relaxed);
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(logged(shared, req, conn).await) }
     });
-    let c = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    if let Err(e) = watcher.watch(c).await {
+    let c = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+    tokio::pin!(c);
+    let result = tokio::select! {
+        r = &mut c => r,
+        _ = tokio::time::sleep(first_request) => {
+            if !started.load(Ordering::Relaxed) {
+                tracing::debug!(peer = %conn.peer, "no request within header_read_timeout: closing");
+                return;
+            }
+            c.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "connection error");
     }
 }
@@ -235,7 +328,8 @@ async fn logged(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> 
     let path = access.then(|| req.uri().path().to_owned());
     let version = req.version();
     let mut resp = handle(shared, req, conn, rid_value.clone()).await;
-    resp.headers_mut().insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
+    resp.headers_mut()
+        .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
     if let (Some(method), Some(path)) = (method, path) {
         let route = resp.extensions().get::<RouteLabel>().map(|r| r.0.clone());
         let bytes = resp.body().size_hint().exact();

@@ -23,21 +23,29 @@ pub fn server_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String>
     if certs.is_empty() {
         return Err(format!("cert: no certificate in {}", t.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| format!("key: no usable private key in {}: {e}", t.key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("cert/key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(&t.key)
+        .map_err(|e| format!("key: no usable private key in {}: {e}", t.key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("cert/key: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
 /// Writes a self-signed development certificate and key for `names` (dev only: never deploy).
-pub fn generate_dev_cert(cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), String> {
+pub fn generate_dev_cert(
+    cert_path: &Path,
+    key_path: &Path,
+    names: &[String],
+) -> Result<(), String> {
     let ck = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| e.to_string())?;
-    std::fs::write(cert_path, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    std::fs::write(cert_path, ck.cert.pem())
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
     write_private(key_path, ck.signing_key.serialize_pem().as_bytes())?;
     Ok(())
 }
@@ -52,6 +60,9 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(data).map_err(|e| format!("{}: {e}", path.display()))
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(data)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

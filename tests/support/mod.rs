@@ -31,12 +31,20 @@ pub struct Seen {
 impl Seen {
     /// All values of a header, as strings.
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
     }
     /// The single value of a header.
     pub fn one(&self, name: &str) -> Option<String> {
         let a = self.all(name);
-        assert!(a.len() <= 1, "header {name} appears {} times: {a:?}", a.len());
+        assert!(
+            a.len() <= 1,
+            "header {name} appears {} times: {a:?}",
+            a.len()
+        );
         a.into_iter().next()
     }
 }
@@ -59,11 +67,16 @@ impl Upstream {
         let s2 = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = l.accept().await else { return };
+                let Ok((stream, _)) = l.accept().await else {
+                    return;
+                };
                 let seen = s2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| upstream_handler(req, seen.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
                 });
             }
         });
@@ -81,7 +94,10 @@ impl Upstream {
 
     /// The last request seen.
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("upstream saw no request")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
 
     pub fn count(&self) -> usize {
@@ -95,24 +111,47 @@ fn full(b: impl Into<Bytes>) -> UpBody {
     Full::new(b.into()).boxed()
 }
 
-async fn upstream_handler(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Result<Response<UpBody>, Infallible> {
+async fn upstream_handler(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<UpBody>, Infallible> {
     use sha2_lite::Sha256Hex;
     let q = req.uri().query().unwrap_or("").to_string();
-    let param = |k: &str| -> Option<u64> { q.split('&').find_map(|kv| kv.strip_prefix(k).and_then(|r| r.strip_prefix('='))).and_then(|v| v.parse().ok()) };
+    let param = |k: &str| -> Option<u64> {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+    };
     let path = req.uri().path().to_string();
 
     if path == "/ws" {
         let headers = req.headers().clone();
-        let mut rec = Seen { method: req.method().to_string(), uri: req.uri().to_string(), version: req.version(), headers: headers.clone(), body_len: 0, body_sha: String::new(), body_head: Bytes::new() };
+        let mut rec = Seen {
+            method: req.method().to_string(),
+            uri: req.uri().to_string(),
+            version: req.version(),
+            headers: headers.clone(),
+            body_len: 0,
+            body_sha: String::new(),
+            body_head: Bytes::new(),
+        };
         rec.headers = headers.clone();
         seen.lock().unwrap().push(rec);
-        let key = headers.get("sec-websocket-key").cloned().unwrap_or(http::HeaderValue::from_static(""));
+        let key = headers
+            .get("sec-websocket-key")
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static(""));
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(up) = on.await {
                 use futures_util::{SinkExt, StreamExt};
-                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), tokio_tungstenite::tungstenite::protocol::Role::Server, None).await;
+                let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(up),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
                 let (mut tx, mut rx) = ws.split();
                 while let Some(Ok(m)) = rx.next().await {
                     if m.is_text() || m.is_binary() {
@@ -151,12 +190,23 @@ async fn upstream_handler(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>
             }
         }
     }
-    let rec = Seen { method: parts.method.to_string(), uri: parts.uri.to_string(), version: parts.version, headers: parts.headers.clone(), body_len: len, body_sha: hasher.finish(), body_head: Bytes::from(head.clone()) };
+    let rec = Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_len: len,
+        body_sha: hasher.finish(),
+        body_head: Bytes::from(head.clone()),
+    };
     seen.lock().unwrap().push(rec.clone());
 
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(param("ms").unwrap_or(1000))).await;
-        return Ok(Response::builder().header("x-upstream", "slow").body(full("slow done")).unwrap());
+        return Ok(Response::builder()
+            .header("x-upstream", "slow")
+            .body(full("slow done"))
+            .unwrap());
     }
     if path == "/download" {
         let total = param("bytes").unwrap_or(0);
@@ -168,14 +218,23 @@ async fn upstream_handler(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>
                     return None;
                 }
                 let n = left.min(chunk.len() as u64);
-                Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))), left - n))
+                Some((
+                    Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
+                    left - n,
+                ))
             }
         });
-        return Ok(Response::builder().header("x-upstream", "download").body(BodyExt::boxed(StreamBody::new(stream))).unwrap());
+        return Ok(Response::builder()
+            .header("x-upstream", "download")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap());
     }
     if path == "/status" {
         let code = param("code").unwrap_or(200) as u16;
-        return Ok(Response::builder().status(code).body(full("status")).unwrap());
+        return Ok(Response::builder()
+            .status(code)
+            .body(full("status"))
+            .unwrap());
     }
     let resp = Response::builder()
         .header("x-seen-method", rec.method.clone())
@@ -201,7 +260,12 @@ pub mod sha2_lite {
             self.0.update(d)
         }
         pub fn finish(self) -> String {
-            self.0.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+            self.0
+                .finish()
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
         }
     }
     impl Default for Sha256Hex {
@@ -222,7 +286,9 @@ pub fn password_hash() -> &'static str {
         let params = argon2::Params::new(8192, 1, 1, None).unwrap();
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let salt = SaltString::encode_b64(b"authgate-test-salt").unwrap();
-        a.hash_password(PASSWORD.as_bytes(), &salt).unwrap().to_string()
+        a.hash_password(PASSWORD.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
     })
 }
 
@@ -247,14 +313,25 @@ impl TestGateway {
     pub async fn start(toml: &str) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let text = toml.replace("{dir}", dir.path().to_str().unwrap());
-        let text = if text.contains("[server]") { text } else { format!("[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{text}") };
+        let text = if text.contains("[server]") {
+            text
+        } else {
+            format!("[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{text}")
+        };
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).unwrap();
-        let cfg = authgate::Config::load(&path).unwrap_or_else(|e| panic!("config invalid: {e}\n---\n{text}"));
+        let cfg = authgate::Config::load(&path)
+            .unwrap_or_else(|e| panic!("config invalid: {e}\n---\n{text}"));
         let gw = authgate::Gateway::start(cfg).await.unwrap();
         let addr = gw.http_addr().or(gw.https_addr()).unwrap();
         let https_addr = gw.https_addr();
-        TestGateway { gw: Some(gw), addr, https_addr, dir, config_path: path }
+        TestGateway {
+            gw: Some(gw),
+            addr,
+            https_addr,
+            dir,
+            config_path: path,
+        }
     }
 
     /// `http://127.0.0.1:port{path}`.
@@ -275,19 +352,33 @@ impl TestGateway {
 
 /// A client that neither follows redirects nor keeps cookies (tests handle both by hand).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
 }
 
 /// Logs in through the JSON endpoint and returns the `name=value` cookie pair.
 pub async fn login_json(gw: &TestGateway, user: &str, password: &str) -> String {
-    let r = client().post(gw.url("/.auth/login")).json(&serde_json::json!({"username": user, "password": password})).send().await.unwrap();
+    let r = client()
+        .post(gw.url("/.auth/login"))
+        .json(&serde_json::json!({"username": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "login of {user} failed");
     set_cookie_pair(&r).expect("login set no cookie")
 }
 
 /// The `name=value` part of the first non-clearing Set-Cookie of a response.
 pub fn set_cookie_pair(r: &reqwest::Response) -> Option<String> {
-    r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find(|v| !v.contains("Max-Age=0")).map(|v| v.split(';').next().unwrap().to_string())
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| !v.contains("Max-Age=0"))
+        .map(|v| v.split(';').next().unwrap().to_string())
 }
 
 /// A raw HTTP/1.1 exchange over a fresh TCP connection: returns the whole response text.
@@ -303,7 +394,10 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> String {
 
 /// Status code of a raw response.
 pub fn raw_status(resp: &str) -> u16 {
-    resp.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Makes sure aws-lc-rs is the process crypto provider (reqwest builds its own config otherwise).

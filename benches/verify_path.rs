@@ -1,0 +1,230 @@
+//! Criterion benches of the verify path, each beside a naive baseline measured in the same run.
+//!
+//! Run: `cargo bench --bench verify_path` (add `-- <filter>` to pick a group).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use authgate::auth::session::{MemorySessionStore, SessionStore};
+use authgate::config::Config;
+use authgate::pipeline::headers::{find_cookie, CookieLookup};
+use authgate::pipeline::{decide, ConnInfo, Decision};
+use authgate::state::{Live, Runtime};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::{HeaderMap, HeaderValue, Request};
+
+/// A realistic Cookie header: analytics, consent, a CSRF cookie, then ours.
+const COOKIE_HEADER: &str = "_ga=GA1.1.1234567890.1700000000; _ga_ABCDEF=GS1.1.1700000000.1.1.1700000001.0.0.0; cookie_consent=necessary%2Canalytics; theme=dark; authgate_csrf=q1w2e3r4t5y6u7i8o9p0a1s2d3f4g5h6j7k8l9z0x1c; authgate=REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS";
+
+fn bench_cookie(c: &mut Criterion) {
+    let mut h = HeaderMap::new();
+    h.insert("cookie", HeaderValue::from_static(COOKIE_HEADER));
+    let mut g = c.benchmark_group("cookie_extract");
+    g.bench_function("authgate_scan", |b| {
+        b.iter(|| match find_cookie(black_box(&h), "authgate") {
+            CookieLookup::One(v) => v.len(),
+            _ => 0,
+        })
+    });
+    g.bench_function("baseline_cookie_crate_split_parse", |b| {
+        b.iter(|| {
+            let v = black_box(&h).get("cookie").unwrap().to_str().unwrap();
+            cookie::Cookie::split_parse(v)
+                .filter_map(Result::ok)
+                .find(|c| c.name() == "authgate")
+                .map_or(0, |c| c.value().len())
+        })
+    });
+    g.bench_function("baseline_naive_hashmap", |b| {
+        b.iter(|| {
+            let v = black_box(&h).get("cookie").unwrap().to_str().unwrap();
+            let m: HashMap<String, String> = v
+                .split("; ")
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            m.get("authgate").map_or(0, |v| v.len())
+        })
+    });
+    g.finish();
+}
+
+fn bench_sessions(c: &mut Criterion) {
+    let mut g = c.benchmark_group("session_lookup");
+    for &n in &[10_000u64, 1_000_000] {
+        let store = MemorySessionStore::new(
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(7200),
+            n * 2,
+        );
+        let naive: Mutex<HashMap<String, Arc<str>>> = Mutex::new(HashMap::new());
+        let user: Arc<str> = Arc::from("alice");
+        let mut ids = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let id = store.create(user.clone()).unwrap();
+            naive.lock().unwrap().insert(id.clone(), user.clone());
+            ids.push(id);
+        }
+        store.run_pending_tasks();
+        let miss = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_string();
+        let mut i = 0usize;
+        g.bench_with_input(BenchmarkId::new("moka_hit", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 7919) % ids.len();
+                store.get(black_box(&ids[i])).is_some()
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("moka_miss", n), &n, |b, _| {
+            b.iter(|| store.get(black_box(&miss)).is_some())
+        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_mutex_hashmap_hit", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    i = (i + 7919) % ids.len();
+                    naive.lock().unwrap().get(black_box(&ids[i])).is_some()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn runtime(extra: &str) -> (Runtime, Live) {
+    authgate::server::tls::install_crypto_provider();
+    let hash = authgate::auth::password::hash(b"pw").unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gw.test\"\n{extra}\n[[users]]\nusername = \"alice\"\npassword_hash = \"{hash}\"\nemail = \"alice@example.com\"\ngroups = [\"admins\", \"staff\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"http://127.0.0.1:9\"\naccess = \"authenticated\"\n\n[[routes]]\npath_prefix = \"/public\"\nupstream = \"http://127.0.0.1:9\"\naccess = \"public\"\n"
+    );
+    let cfg = Config::from_toml_str(&toml, Path::new("bench.toml")).unwrap();
+    let live = Live::new(&cfg);
+    (Runtime::build(cfg).unwrap(), live)
+}
+
+fn request(path: &str, cookie: &str) -> Request<()> {
+    Request::builder()
+        .uri(path)
+        .header("host", "gw.test")
+        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36")
+        .header("accept", "application/json")
+        .header("accept-encoding", "gzip, deflate, br")
+        .header("accept-language", "en-GB,en;q=0.9")
+        .header("x-forwarded-user", "mallory")
+        .header("cookie", cookie)
+        .body(())
+        .unwrap()
+}
+
+const CONN: ConnInfo = ConnInfo {
+    peer: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000),
+    tls: false,
+};
+
+fn bench_headers(c: &mut Criterion) {
+    let (rt, live) = runtime("");
+    let id = live.sessions.create(Arc::from("alice")).unwrap();
+    let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
+    let auth =
+        authgate::auth::authenticate(&rt, &live, &request("/", &cookie).headers().clone()).unwrap();
+    let route = rt.router.find(Some("gw.test"), "/x").unwrap();
+    let rid = HeaderValue::from_static("0000000000000001");
+    let mut g = c.benchmark_group("headers_strip_inject");
+    g.bench_function("authgate", |b| {
+        b.iter_batched(
+            || request("/x", &cookie),
+            |mut req| {
+                let (_, trusted) = authgate::pipeline::strip_phase(&rt, req.headers_mut(), &CONN);
+                authgate::pipeline::build_upstream_phase(
+                    &rt,
+                    &mut req,
+                    route,
+                    "/x",
+                    &CONN,
+                    trusted,
+                    Some(&auth),
+                    &rid,
+                );
+                req
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let names: Vec<String> = rt.strip_names.clone();
+    g.bench_function("baseline_naive_lowercase_alloc", |b| {
+        b.iter_batched(
+            || request("/x", &cookie),
+            |mut req| {
+                // Naive: allocate a normalised copy of every header name, rebuild the map.
+                let mut out = HeaderMap::new();
+                for (k, v) in req.headers().iter() {
+                    let norm = k.as_str().to_lowercase().replace(['_', '.'], "-");
+                    if !names.contains(&norm) {
+                        out.append(k.clone(), v.clone());
+                    }
+                }
+                out.insert(
+                    "x-forwarded-user",
+                    HeaderValue::from_str(&auth.user.username).unwrap(),
+                );
+                out.insert(
+                    "x-forwarded-email",
+                    HeaderValue::from_str(auth.user.email.as_deref().unwrap()).unwrap(),
+                );
+                out.insert(
+                    "x-forwarded-groups",
+                    HeaderValue::from_str(&auth.user.groups.join(",")).unwrap(),
+                );
+                *req.headers_mut() = out;
+                req
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn bench_decision(c: &mut Criterion) {
+    let (rt, live) = runtime("");
+    let id = live.sessions.create(Arc::from("alice")).unwrap();
+    let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
+    let rid = HeaderValue::from_static("0000000000000001");
+    let mut g = c.benchmark_group("decision");
+    g.bench_function("session_mode_authenticated", |b| {
+        b.iter_batched(
+            || request("/app/items?page=2", &cookie),
+            |mut req| {
+                matches!(
+                    decide(&rt, &live, &mut req, &CONN, &rid),
+                    Decision::Forward { .. }
+                )
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("baseline_public_route_no_auth", |b| {
+        b.iter_batched(
+            || request("/public/items?page=2", &cookie),
+            |mut req| {
+                matches!(
+                    decide(&rt, &live, &mut req, &CONN, &rid),
+                    Decision::Forward { .. }
+                )
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_cookie,
+    bench_sessions,
+    bench_headers,
+    bench_decision
+);
+criterion_main!(benches);
