@@ -132,6 +132,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Request head size cap.
     pub max_header_bytes: usize,
+    /// Runtime worker threads (0 = one per available core).
+    pub workers: usize,
 }
 
 /// `[server.tls]`
@@ -630,7 +632,11 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
             DEFAULT_SHUTDOWN_GRACE,
         ),
         max_header_bytes,
+        workers: raw.server.workers.unwrap_or(0),
     };
+    if server.workers > 1024 {
+        c.err("server.workers", "must be at most 1024 (0 = one per core)");
+    }
     if server.listen.is_none() && server.tls.is_none() && c.errors.is_empty() {
         c.err("server.listen", "no listener configured");
     }

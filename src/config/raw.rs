@@ -34,6 +34,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub max_header_bytes: Option<usize>,
+    pub workers: Option<usize>,
 }
 
 /// `[server.tls]`
