@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use authgate::auth::session::{MemorySessionStore, SessionStore};
-use authgate::config::Config;
+use authgate::config::{Config, JwtAlgorithm};
 use authgate::pipeline::headers::{find_cookie, CookieLookup};
-use authgate::pipeline::{decide, ConnInfo, Decision};
+use authgate::pipeline::{decide, ConnInfo, Decision, RequestCtx};
 use authgate::state::{Live, Runtime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Request};
@@ -57,7 +57,8 @@ fn bench_sessions(c: &mut Criterion) {
     use base64::Engine;
     let mut g = c.benchmark_group("session_lookup");
     for &n in &[10_000u64, 1_000_000] {
-        let store = MemorySessionStore::new(Duration::from_secs(3600), Duration::from_secs(7200), n * 2);
+        let store =
+            MemorySessionStore::new(Duration::from_secs(3600), Duration::from_secs(7200), n * 2);
         // Baselines: a moka cache with the same idle/lifetime limits (the first implementation),
         // and the naive Mutex<HashMap<String, _>>.
         let moka: moka::sync::Cache<[u8; 32], Arc<str>> = moka::sync::Cache::builder()
@@ -94,12 +95,16 @@ fn bench_sessions(c: &mut Criterion) {
                 moka.get(&key).is_some()
             })
         });
-        g.bench_with_input(BenchmarkId::new("baseline_mutex_hashmap_hit", n), &n, |b, _| {
-            b.iter(|| {
-                i = (i + 7919) % ids.len();
-                naive.lock().unwrap().get(black_box(&ids[i])).is_some()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_mutex_hashmap_hit", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    i = (i + 7919) % ids.len();
+                    naive.lock().unwrap().get(black_box(&ids[i])).is_some()
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -129,10 +134,12 @@ fn request(path: &str, cookie: &str) -> Request<()> {
         .unwrap()
 }
 
-const CONN: ConnInfo = ConnInfo {
-    peer: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000),
-    tls: false,
-};
+fn conn() -> ConnInfo {
+    ConnInfo::new(
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000),
+        false,
+    )
+}
 
 fn bench_headers(c: &mut Criterion) {
     let (rt, live) = runtime("");
@@ -142,22 +149,22 @@ fn bench_headers(c: &mut Criterion) {
         authgate::auth::authenticate(&rt, &live, &request("/", &cookie).headers().clone()).unwrap();
     let route = rt.router.find(Some("gw.test"), "/x").unwrap();
     let rid = HeaderValue::from_static("0000000000000001");
+    let conn = conn();
     let mut g = c.benchmark_group("headers_strip_inject");
     g.bench_function("authgate", |b| {
         b.iter_batched(
             || request("/x", &cookie),
             |mut req| {
-                let (_, trusted) = authgate::pipeline::strip_phase(&rt, req.headers_mut(), &CONN);
-                authgate::pipeline::build_upstream_phase(
-                    &rt,
-                    &mut req,
-                    route,
-                    "/x",
-                    &CONN,
+                let (upgrade, trusted) =
+                    authgate::pipeline::strip_phase(&rt, req.headers_mut(), &conn);
+                let ctx = RequestCtx {
+                    conn: &conn,
+                    request_id: &rid,
+                    path: "/x".to_string(),
                     trusted,
-                    Some(&auth),
-                    &rid,
-                );
+                    upgrade,
+                };
+                authgate::pipeline::build_upstream_phase(&rt, &mut req, route, &ctx, Some(&auth));
                 req
             },
             criterion::BatchSize::SmallInput,
@@ -202,13 +209,14 @@ fn bench_decision(c: &mut Criterion) {
     let id = live.sessions.create(Arc::from("alice")).unwrap();
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
     let rid = HeaderValue::from_static("0000000000000001");
+    let conn = conn();
     let mut g = c.benchmark_group("decision");
     g.bench_function("session_mode_authenticated", |b| {
         b.iter_batched(
             || request("/app/items?page=2", &cookie),
             |mut req| {
                 matches!(
-                    decide(&rt, &live, &mut req, &CONN, &rid),
+                    decide(&rt, &live, &mut req, &conn, &rid),
                     Decision::Forward { .. }
                 )
             },
@@ -220,7 +228,7 @@ fn bench_decision(c: &mut Criterion) {
             || request("/public/items?page=2", &cookie),
             |mut req| {
                 matches!(
-                    decide(&rt, &live, &mut req, &CONN, &rid),
+                    decide(&rt, &live, &mut req, &conn, &rid),
                     Decision::Forward { .. }
                 )
             },
@@ -230,11 +238,134 @@ fn bench_decision(c: &mut Criterion) {
     g.finish();
 }
 
+/// A JWT-mode runtime for `alg` with a fresh key in `dir`, and a token for alice.
+fn jwt_runtime(alg: &str, dir: &Path) -> (Runtime, Live, String) {
+    let a = JwtAlgorithm::parse(alg).unwrap();
+    let prefix = dir.join(alg);
+    authgate::auth::jwt::generate_key(a, &prefix).unwrap();
+    let key = if a == JwtAlgorithm::HS256 {
+        prefix.with_extension("secret")
+    } else {
+        prefix.with_extension("pem")
+    };
+    let extra = format!(
+        "[auth]\nmode = \"jwt\"\n[auth.jwt]\nalgorithm = \"{alg}\"\nsigning_key = \"{}\"\n",
+        key.display()
+    );
+    let (rt, live) = runtime(&extra);
+    let now = authgate::auth::session::unix_now();
+    let user = rt.users.get("alice").unwrap();
+    let token = rt
+        .jwt
+        .as_ref()
+        .unwrap()
+        .issue(
+            &user.username,
+            user.email.as_deref(),
+            &user.groups,
+            now,
+            now,
+            rt.config.auth.max_lifetime,
+        )
+        .unwrap()
+        .token;
+    (rt, live, token)
+}
+
+fn bench_jwt(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("jwt_verify");
+    for alg in ["HS256", "EdDSA", "ES256", "RS256"] {
+        let (rt, live, token) = jwt_runtime(alg, dir.path());
+        let keys = rt.jwt.as_ref().unwrap();
+        let max = rt.config.auth.max_lifetime;
+        let now = authgate::auth::session::unix_now();
+        g.bench_function(BenchmarkId::new("authgate_uncached", alg), |b| {
+            b.iter(|| keys.verify(black_box(&token), now, max).is_ok())
+        });
+        g.bench_function(BenchmarkId::new("authgate_cached", alg), |b| {
+            b.iter(|| {
+                live.token_cache
+                    .verify(keys, black_box(&token), now, max)
+                    .is_ok()
+            })
+        });
+        // Naive baseline: what a quick integration does — parse the key on every request.
+        let a = JwtAlgorithm::parse(alg).unwrap();
+        let prefix = dir.path().join(alg);
+        let material = if a == JwtAlgorithm::HS256 {
+            std::fs::read(prefix.with_extension("secret")).unwrap()
+        } else {
+            std::fs::read(format!("{}.pub.pem", prefix.display())).unwrap()
+        };
+        let jalg = match a {
+            JwtAlgorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+            JwtAlgorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            JwtAlgorithm::ES256 => jsonwebtoken::Algorithm::ES256,
+            JwtAlgorithm::RS256 => jsonwebtoken::Algorithm::RS256,
+        };
+        g.bench_function(
+            BenchmarkId::new("baseline_parse_key_per_request", alg),
+            |b| {
+                b.iter(|| {
+                    let key = match a {
+                        JwtAlgorithm::HS256 => {
+                            jsonwebtoken::DecodingKey::from_secret(material.trim_ascii())
+                        }
+                        JwtAlgorithm::EdDSA => {
+                            jsonwebtoken::DecodingKey::from_ed_pem(&material).unwrap()
+                        }
+                        JwtAlgorithm::ES256 => {
+                            jsonwebtoken::DecodingKey::from_ec_pem(&material).unwrap()
+                        }
+                        JwtAlgorithm::RS256 => {
+                            jsonwebtoken::DecodingKey::from_rsa_pem(&material).unwrap()
+                        }
+                    };
+                    let mut v = jsonwebtoken::Validation::new(jalg);
+                    v.set_audience(&["authgate"]);
+                    jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &key, &v).is_ok()
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn bench_decision_jwt(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let rid = HeaderValue::from_static("0000000000000001");
+    let conn = conn();
+    let mut g = c.benchmark_group("decision");
+    for alg in ["HS256", "EdDSA"] {
+        let (rt, live, token) = jwt_runtime(alg, dir.path());
+        let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &token);
+        g.bench_function(
+            BenchmarkId::new("jwt_mode_authenticated_cached", alg),
+            |b| {
+                b.iter_batched(
+                    || request("/app/items?page=2", &cookie),
+                    |mut req| {
+                        matches!(
+                            decide(&rt, &live, &mut req, &conn, &rid),
+                            Decision::Forward { .. }
+                        )
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     bench_cookie,
     bench_sessions,
     bench_headers,
-    bench_decision
+    bench_decision,
+    bench_decision_jwt,
+    bench_jwt
 );
 criterion_main!(benches);

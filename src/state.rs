@@ -86,6 +86,17 @@ impl Runtime {
                 config: r.clone(),
                 label: Arc::from(format!("routes[{}]→{target}", r.index)),
                 client,
+                host_header: match &r.upstream {
+                    UpstreamTarget::Http { authority, .. } => Some(
+                        http::HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                            err(
+                                &format!("routes[{}].upstream", r.index),
+                                "host is not a valid Host header".into(),
+                            )
+                        })?,
+                    ),
+                    UpstreamTarget::Whoami => None,
+                },
             });
         }
 

@@ -98,7 +98,8 @@ impl MemorySessionStore {
 
     #[inline]
     fn expired(&self, s: &Slot, now: u64) -> bool {
-        now.saturating_sub(s.created_ms) >= self.lifetime_ms || now.saturating_sub(s.last_ms.load(Ordering::Relaxed)) >= self.idle_ms
+        now.saturating_sub(s.created_ms) >= self.lifetime_ms
+            || now.saturating_sub(s.last_ms.load(Ordering::Relaxed)) >= self.idle_ms
     }
 
     /// Makes room for one more session: sweep, then evict the least recently used of a sample.
@@ -108,7 +109,12 @@ impl MemorySessionStore {
         }
         self.sweep();
         while self.map.len() >= self.max_sessions {
-            let victim = self.map.iter().take(EVICTION_SAMPLE).min_by_key(|e| e.value().last_ms.load(Ordering::Relaxed)).map(|e| *e.key());
+            let victim = self
+                .map
+                .iter()
+                .take(EVICTION_SAMPLE)
+                .min_by_key(|e| e.value().last_ms.load(Ordering::Relaxed))
+                .map(|e| *e.key());
             match victim {
                 Some(k) => {
                     self.map.remove(&k);
@@ -141,7 +147,9 @@ pub fn random_key() -> Result<SessionKey, String> {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl SessionStore for MemorySessionStore {
@@ -149,7 +157,14 @@ impl SessionStore for MemorySessionStore {
         self.make_room();
         let key = random_key()?;
         let now = self.now_ms();
-        self.map.insert(key, Slot { username, created_ms: now, last_ms: AtomicU64::new(now) });
+        self.map.insert(
+            key,
+            Slot {
+                username,
+                created_ms: now,
+                last_ms: AtomicU64::new(now),
+            },
+        );
         Ok(URL_SAFE_NO_PAD.encode(key))
     }
 
@@ -163,7 +178,10 @@ impl SessionStore for MemorySessionStore {
                 None
             } else {
                 s.last_ms.fetch_max(now, Ordering::Relaxed);
-                Some(SessionData { username: s.username.clone(), created_unix: self.epoch_unix + s.created_ms / 1000 })
+                Some(SessionData {
+                    username: s.username.clone(),
+                    created_unix: self.epoch_unix + s.created_ms / 1000,
+                })
             }
         };
         if found.is_none() {
@@ -228,7 +246,10 @@ mod tests {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 3);
         let ids: Vec<String> = (0..10).map(|_| s.create(Arc::from("u")).unwrap()).collect();
         assert!(s.len() <= 3, "store grew to {}", s.len());
-        assert!(s.get(ids.last().unwrap()).is_some(), "the newest session survives");
+        assert!(
+            s.get(ids.last().unwrap()).is_some(),
+            "the newest session survives"
+        );
     }
 
     #[test]

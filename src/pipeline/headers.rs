@@ -1,7 +1,5 @@
 //! Header rules: hop-by-hop removal, identity-header stripping (normalised names), X-Forwarded-*.
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies still see).
@@ -115,12 +113,11 @@ pub fn strip_normalized(headers: &mut HeaderMap, names: &[String]) {
 /// Appends the client address to `X-Forwarded-For` (trusted peer) or replaces it (anyone else).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     trusted: bool,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let mut buf = itoa_ip(peer);
     if trusted {
         // Several header lines form one list (RFC 9110 §5.3): keep every hop, in order.
         let prev: Vec<&str> = headers
@@ -130,9 +127,13 @@ pub fn set_forwarded(
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .collect();
-        if !prev.is_empty() {
-            buf = format!("{}, {buf}", prev.join(", "));
-        }
+        let value = if prev.is_empty() {
+            peer.clone()
+        } else {
+            let joined = format!("{}, {}", prev.join(", "), peer.to_str().unwrap_or_default());
+            HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.clone())
+        };
+        headers.insert(X_FORWARDED_FOR.clone(), value);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         }
@@ -142,6 +143,7 @@ pub fn set_forwarded(
             }
         }
     } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.clone());
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         match host {
             Some(h) => {
@@ -151,19 +153,6 @@ pub fn set_forwarded(
                 headers.remove(&X_FORWARDED_HOST);
             }
         }
-    }
-    if let Ok(v) = HeaderValue::from_str(&buf) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
-fn itoa_ip(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        IpAddr::V4(v4) => v4.to_string(),
     }
 }
 

@@ -27,12 +27,57 @@ use headers::{remove_cookie, remove_hop_by_hop, set_forwarded, strip_normalized}
 use route::Route;
 
 /// What the gateway knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The socket peer.
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The peer address as an `X-Forwarded-For` value, built once per connection.
+    pub peer_value: HeaderValue,
+}
+
+impl ConnInfo {
+    /// Describes a new connection.
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnInfo {
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let peer_value =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        ConnInfo {
+            peer,
+            tls,
+            peer_value,
+        }
+    }
+}
+
+/// The per-request context the phases share.
+#[derive(Debug)]
+pub struct RequestCtx<'a> {
+    /// The connection.
+    pub conn: &'a ConnInfo,
+    /// This request's id (sent upstream and in the response).
+    pub request_id: &'a HeaderValue,
+    /// Normalised path: what routing and rules decide on, and what is forwarded.
+    pub path: String,
+    /// Whether the peer is a trusted proxy.
+    pub trusted: bool,
+    /// The client's Upgrade value, if it asked for one.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// Why the auth phase refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deny {
+    /// No valid credential.
+    Unauthenticated,
+    /// Valid credential, not allowed on this route.
+    Forbidden,
 }
 
 /// Route label stored in response extensions for the access log.
@@ -94,13 +139,12 @@ pub fn strip_phase(
     let upgrade = remove_hop_by_hop(headers);
     strip_normalized(headers, &rt.strip_names);
     let ip = conn.peer.ip();
-    let trusted = !rt.config.server.trusted_proxies.is_empty()
-        && rt
-            .config
-            .server
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(&ip));
+    let trusted = rt
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&ip));
     if !trusted {
         strip_normalized(headers, &rt.forwarding_names);
     }
@@ -126,24 +170,25 @@ pub fn auth_phase<B>(
     live: &Live,
     req: &Request<B>,
     route: &Route,
-    path: &str,
-) -> Result<Option<Authenticated>, Response<Body>> {
+) -> Result<Option<Authenticated>, Deny> {
     if !route.needs_auth() {
         return Ok(None);
     }
-    let Some(a) = authenticate(rt, live, req.headers()) else {
-        return Err(unauthenticated_response(rt, req, path));
-    };
+    let a = authenticate(rt, live, req.headers()).ok_or(Deny::Unauthenticated)?;
     if !route.allows(&a.user.username, &a.user.groups) {
-        return Err(GatewayError::Forbidden.into_response(wants_html(req.headers())));
+        return Err(Deny::Forbidden);
     }
     Ok(Some(a))
 }
 
-/// 302 to the login page for browser navigation, 401 JSON for everything else.
-pub fn unauthenticated_response<B>(rt: &Runtime, req: &Request<B>, path: &str) -> Response<Body> {
-    let nav =
-        (req.method() == Method::GET || req.method() == Method::HEAD) && wants_html(req.headers());
+/// The answer to a refused request: 302 to the login page for browser navigation, 401 JSON for
+/// everything else; 403 (page or JSON) when logged in but not allowed.
+pub fn deny_response<B>(rt: &Runtime, req: &Request<B>, path: &str, deny: Deny) -> Response<Body> {
+    let html = wants_html(req.headers());
+    if deny == Deny::Forbidden {
+        return GatewayError::Forbidden.into_response(html);
+    }
+    let nav = (req.method() == Method::GET || req.method() == Method::HEAD) && html;
     if !nav {
         return GatewayError::Unauthenticated.into_response(false);
     }
@@ -168,20 +213,16 @@ pub fn unauthenticated_response<B>(rt: &Runtime, req: &Request<B>, path: &str) -
     resp
 }
 
-/// Phase 5: turns the client request into the upstream request: gateway cookie out, forwarding
+/// Phase 5: turns the client request into the upstream request: gateway cookies out, forwarding
 /// headers set from the connection, identity headers injected (after all stripping), URI and Host.
 pub fn build_upstream_phase<B>(
     rt: &Runtime,
     req: &mut Request<B>,
     route: &Route,
-    path: &str,
-    conn: &ConnInfo,
-    trusted: bool,
+    ctx: &RequestCtx<'_>,
     auth: Option<&Authenticated>,
-    request_id: &HeaderValue,
 ) {
-    let cookie_name = &rt.config.auth.cookie_name;
-    remove_cookie(req.headers_mut(), cookie_name);
+    remove_cookie(req.headers_mut(), &rt.config.auth.cookie_name);
     remove_cookie(req.headers_mut(), &rt.config.auth.csrf_cookie_name);
     if rt.bearer_enabled() {
         // The gateway consumed it (or rejected it); upstreams never see gateway tokens.
@@ -192,17 +233,17 @@ pub fn build_upstream_phase<B>(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let proto = if conn.tls { "https" } else { "http" };
+    let proto = if ctx.conn.tls { "https" } else { "http" };
     set_forwarded(
         req.headers_mut(),
-        conn.peer.ip(),
-        trusted,
+        &ctx.conn.peer_value,
+        ctx.trusted,
         proto,
         host_value.as_ref(),
     );
-    if !trusted || !req.headers().contains_key(&headers::X_REQUEST_ID) {
+    if !ctx.trusted || !req.headers().contains_key(&headers::X_REQUEST_ID) {
         req.headers_mut()
-            .insert(headers::X_REQUEST_ID.clone(), request_id.clone());
+            .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
     }
     if let Some(a) = auth {
         let names = &rt.config.headers;
@@ -219,25 +260,29 @@ pub fn build_upstream_phase<B>(
             h.insert(n.clone(), val.clone());
         }
     }
-    if let UpstreamTarget::Http { authority, .. } = &route.config.upstream {
-        if route.config.preserve_host {
-            if let Some(h) = host_value {
-                req.headers_mut().insert(header::HOST, h);
+    match &route.host_header {
+        Some(upstream_host) => {
+            if route.config.preserve_host {
+                if let Some(h) = host_value {
+                    req.headers_mut().insert(header::HOST, h);
+                }
+            } else {
+                req.headers_mut()
+                    .insert(header::HOST, upstream_host.clone());
             }
-        } else if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-            req.headers_mut().insert(header::HOST, v);
+            if let Some(uri) = route.upstream_uri(&ctx.path, req.uri().query()) {
+                *req.uri_mut() = uri;
+            }
         }
-        if let Some(uri) = route.upstream_uri(path, req.uri().query()) {
-            *req.uri_mut() = uri;
-        }
-    } else if let Ok(pq) = http::uri::PathAndQuery::try_from(match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    }) {
-        let mut parts = http::uri::Parts::default();
-        parts.path_and_query = Some(pq);
-        if let Ok(u) = http::Uri::from_parts(parts) {
-            *req.uri_mut() = u;
+        None => {
+            // builtin: keep an origin-form URI with the normalised path.
+            let pq = match req.uri().query() {
+                Some(q) => format!("{}?{q}", ctx.path),
+                None => ctx.path.clone(),
+            };
+            if let Ok(u) = http::Uri::try_from(pq) {
+                *req.uri_mut() = u;
+            }
         }
     }
 }
@@ -258,23 +303,21 @@ pub fn decide<B>(
     if path == "/.auth" || path.starts_with("/.auth/") {
         return Decision::Endpoint(path);
     }
-    let Some(route) = rt.router.find(request_host(req), &path) else {
+    let ctx = RequestCtx {
+        conn,
+        request_id,
+        path,
+        trusted,
+        upgrade,
+    };
+    let Some(route) = rt.router.find(request_host(req), &ctx.path) else {
         return Decision::Respond(GatewayError::NoRoute.into_response(wants_html(req.headers())));
     };
-    let auth = match auth_phase(rt, live, req, route, &path) {
+    let auth = match auth_phase(rt, live, req, route) {
         Ok(a) => a,
-        Err(resp) => return Decision::Respond(resp),
+        Err(deny) => return Decision::Respond(deny_response(rt, req, &ctx.path, deny)),
     };
-    build_upstream_phase(
-        rt,
-        req,
-        route,
-        &path,
-        conn,
-        trusted,
-        auth.as_ref(),
-        request_id,
-    );
+    build_upstream_phase(rt, req, route, &ctx, auth.as_ref());
     let renew = auth.and_then(|a| a.renew);
     match route.config.upstream {
         UpstreamTarget::Whoami => Decision::Whoami {
@@ -283,7 +326,7 @@ pub fn decide<B>(
         },
         UpstreamTarget::Http { .. } => Decision::Forward {
             client: route.client,
-            upgrade,
+            upgrade: ctx.upgrade,
             timeout: route.config.timeout,
             renew,
             label: route.label.clone(),
@@ -295,15 +338,15 @@ pub fn decide<B>(
 pub async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     request_id: HeaderValue,
 ) -> Response<Body> {
     let rt = shared.runtime.load_full();
     let html = wants_html(req.headers());
-    match decide(&rt, &shared.live, &mut req, &conn, &request_id) {
+    match decide(&rt, &shared.live, &mut req, conn, &request_id) {
         Decision::Respond(r) => r,
         Decision::Endpoint(path) => {
-            match crate::login::endpoint(&shared, &rt, req, &conn, &path).await {
+            match crate::login::endpoint(&shared, &rt, req, conn, &path).await {
                 Ok(r) => r,
                 Err(e) => error_response(e, html),
             }

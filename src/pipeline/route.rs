@@ -15,6 +15,8 @@ pub struct Route {
     pub label: Arc<str>,
     /// Index of the upstream client to use (0 = default; others have their own CA).
     pub client: usize,
+    /// The upstream's `Host` value (`None` for builtins), built once.
+    pub host_header: Option<http::HeaderValue>,
 }
 
 impl Route {
@@ -177,6 +179,7 @@ mod tests {
             },
             label: Arc::from("x"),
             client: 0,
+            host_header: None,
         }
     }
 

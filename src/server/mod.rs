@@ -193,7 +193,9 @@ async fn sweep_live_state(shared: Arc<Shared>) {
         let _ = tokio::task::spawn_blocking(move || {
             let swept = sh.live.sessions.sweep();
             let lifetime = sh.runtime.load().config.auth.max_lifetime.as_secs();
-            sh.live.revocations.prune_users(crate::auth::session::unix_now().saturating_sub(lifetime));
+            sh.live
+                .revocations
+                .prune_users(crate::auth::session::unix_now().saturating_sub(lifetime));
             if swept > 0 {
                 tracing::debug!(swept, "expired sessions freed");
             }
@@ -273,7 +275,7 @@ async fn serve(
         None => {
             serve_io(
                 TokioIo::new(stream),
-                ConnInfo { peer, tls: false },
+                ConnInfo::new(peer, false),
                 shared,
                 builder,
                 watcher,
@@ -286,7 +288,7 @@ async fn serve(
                 Ok(Ok(s)) => {
                     serve_io(
                         TokioIo::new(s),
-                        ConnInfo { peer, tls: true },
+                        ConnInfo::new(peer, true),
                         shared,
                         builder,
                         watcher,
@@ -317,9 +319,12 @@ async fn serve_io<I>(
 {
     let started = Arc::new(AtomicBool::new(false));
     let seen = started.clone();
+    let conn = Arc::new(conn);
+    let per_conn = conn.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
         let shared = shared.clone();
+        let conn = per_conn.clone();
         async move { Ok::<_, Infallible>(logged(shared, req, conn).await) }
     });
     let c = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
@@ -341,7 +346,11 @@ async fn serve_io<I>(
 
 /// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
 /// no headers).
-async fn logged(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+async fn logged(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    conn: Arc<ConnInfo>,
+) -> Response<Body> {
     let start = Instant::now();
     let seq = shared.request_seq.fetch_add(1, Ordering::Relaxed);
     let rid = format!("{:08x}{:08x}", shared.request_prefix, seq);
@@ -350,7 +359,7 @@ async fn logged(shared: Arc<Shared>, req: Request<Incoming>, conn: ConnInfo) -> 
     let method = access.then(|| req.method().clone());
     let path = access.then(|| req.uri().path().to_owned());
     let version = req.version();
-    let mut resp = handle(shared, req, conn, rid_value.clone()).await;
+    let mut resp = handle(shared, req, &conn, rid_value.clone()).await;
     resp.headers_mut()
         .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
     if let (Some(method), Some(path)) = (method, path) {
