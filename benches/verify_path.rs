@@ -17,6 +17,10 @@ use authgate::state::{Live, Runtime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Request};
 
+// Same allocator as the authgate binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A realistic Cookie header: analytics, consent, a CSRF cookie, then ours.
 const COOKIE_HEADER: &str = "_ga=GA1.1.1234567890.1700000000; _ga_ABCDEF=GS1.1.1700000000.1.1.1700000001.0.0.0; cookie_consent=necessary%2Canalytics; theme=dark; authgate_csrf=q1w2e3r4t5y6u7i8o9p0a1s2d3f4g5h6j7k8l9z0x1c; authgate=REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS";
 
@@ -152,6 +156,17 @@ fn bench_headers(c: &mut Criterion) {
     let conn = conn();
     let mut g = c.benchmark_group("headers_strip_inject");
     g.bench_function("authgate", |b| {
+        b.iter_batched(
+            || request("/x", &cookie),
+            |mut req| {
+                authgate::pipeline::strip_phase(&rt, req.headers_mut(), &conn);
+                authgate::pipeline::inject_identity(&rt, req.headers_mut(), &auth);
+                req
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("authgate_whole_upstream_request", |b| {
         b.iter_batched(
             || request("/x", &cookie),
             |mut req| {

@@ -600,19 +600,8 @@ fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Response<B
         return GatewayError::Forbidden.into_response(false);
     }
     let mut r = Response::new(Body::empty());
-    let names = &rt.config.headers;
-    let v = &a.user.header_values;
+    crate::pipeline::inject_identity(rt, r.headers_mut(), &a);
     let h = r.headers_mut();
-    h.insert(names.user.clone(), v.user.clone());
-    if let Some(e) = &v.email {
-        h.insert(names.email.clone(), e.clone());
-    }
-    if let Some(g) = &v.groups {
-        h.insert(names.groups.clone(), g.clone());
-    }
-    if let (Some(n), Some(val)) = (&names.name, &v.name) {
-        h.insert(n.clone(), val.clone());
-    }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(c) = a.renew {
         h.append(header::SET_COOKIE, c);

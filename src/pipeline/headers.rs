@@ -156,43 +156,50 @@ pub fn set_forwarded(
     }
 }
 
-/// Removes the cookie named `name` from the `Cookie` header(s), keeping the others byte for byte.
-pub fn remove_cookie(headers: &mut HeaderMap, name: &str) {
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if values.is_empty()
-        || !values
-            .iter()
-            .any(|v| memfind(v.as_bytes(), name.as_bytes()))
-    {
+/// Removes the cookies named in `names` from the `Cookie` header(s), keeping the others byte for
+/// byte (several `Cookie` lines are merged into one, as RFC 6265 §5.4 requires of clients anyway).
+/// The common case — none of them present — allocates nothing.
+pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    let present = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| cookie_pairs(v.as_bytes()).any(|(n, _)| names.iter().any(|x| x.as_bytes() == n)));
+    if !present {
         return;
     }
-    let mut kept: Vec<&str> = Vec::new();
-    let strs: Vec<String> = values
-        .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .collect();
-    for s in &strs {
-        for part in s.split(';') {
-            let p = part.trim();
-            if p.is_empty() {
+    let mut out: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        for (n, pair) in cookie_pairs(v.as_bytes()) {
+            if names.iter().any(|x| x.as_bytes() == n) {
                 continue;
             }
-            let n = p.split_once('=').map(|(n, _)| n.trim()).unwrap_or(p);
-            if n != name {
-                kept.push(p);
+            if !out.is_empty() {
+                out.extend_from_slice(b"; ");
             }
+            out.extend_from_slice(pair);
         }
     }
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+    if !out.is_empty() {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
             headers.insert(header::COOKIE, v);
         }
     }
 }
 
-fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+/// Iterates `(name, whole pair)` over a Cookie header value, skipping empty pieces.
+fn cookie_pairs(v: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    v.split(|&b| b == b';').filter_map(|p| {
+        let p = p.trim_ascii();
+        if p.is_empty() {
+            return None;
+        }
+        let name = match p.iter().position(|&b| b == b'=') {
+            Some(i) => p[..i].trim_ascii(),
+            None => p,
+        };
+        Some((name, p))
+    })
 }
 
 /// Outcome of reading one cookie.
@@ -273,13 +280,25 @@ mod tests {
     }
 
     #[test]
-    fn remove_cookie_keeps_other_cookies() {
+    fn remove_cookies_keeps_other_cookies_and_drops_empty_header() {
         let mut h = HeaderMap::new();
         h.insert(
             "cookie",
-            HeaderValue::from_static("a=1; authgate=secret; b=2"),
+            HeaderValue::from_static("a=1; authgate=secret;b=2"),
         );
-        remove_cookie(&mut h, "authgate");
-        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+        h.append("cookie", HeaderValue::from_static("authgate_csrf=t; c=3"));
+        remove_cookies(&mut h, &["authgate", "authgate_csrf"]);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2; c=3");
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("authgate=x"));
+        remove_cookies(&mut h, &["authgate"]);
+        assert!(h.get("cookie").is_none());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("xauthgate=1; authgatex=2"),
+        );
+        remove_cookies(&mut h, &["authgate"]);
+        assert_eq!(h.get("cookie").unwrap(), "xauthgate=1; authgatex=2");
     }
 }

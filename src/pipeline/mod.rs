@@ -23,7 +23,7 @@ use crate::body::Body;
 use crate::config::UpstreamTarget;
 use crate::error::{wants_html, GatewayError};
 use crate::state::{Live, Runtime, Shared};
-use headers::{remove_cookie, remove_hop_by_hop, set_forwarded, strip_normalized};
+use headers::{remove_cookies, remove_hop_by_hop, set_forwarded, strip_normalized};
 use route::Route;
 
 /// What the gateway knows about the connection a request came on.
@@ -213,6 +213,23 @@ pub fn deny_response<B>(rt: &Runtime, req: &Request<B>, path: &str, deny: Deny) 
     resp
 }
 
+/// Sets the identity headers (names from the snapshot, values prepared once per user).
+/// Callers strip every identity header name first.
+pub fn inject_identity(rt: &Runtime, h: &mut HeaderMap, a: &Authenticated) {
+    let names = &rt.config.headers;
+    let v = &a.user.header_values;
+    h.insert(names.user.clone(), v.user.clone());
+    if let Some(e) = &v.email {
+        h.insert(names.email.clone(), e.clone());
+    }
+    if let Some(g) = &v.groups {
+        h.insert(names.groups.clone(), g.clone());
+    }
+    if let (Some(n), Some(val)) = (&names.name, &v.name) {
+        h.insert(n.clone(), val.clone());
+    }
+}
+
 /// Phase 5: turns the client request into the upstream request: gateway cookies out, forwarding
 /// headers set from the connection, identity headers injected (after all stripping), URI and Host.
 pub fn build_upstream_phase<B>(
@@ -222,8 +239,13 @@ pub fn build_upstream_phase<B>(
     ctx: &RequestCtx<'_>,
     auth: Option<&Authenticated>,
 ) {
-    remove_cookie(req.headers_mut(), &rt.config.auth.cookie_name);
-    remove_cookie(req.headers_mut(), &rt.config.auth.csrf_cookie_name);
+    remove_cookies(
+        req.headers_mut(),
+        &[
+            &rt.config.auth.cookie_name,
+            &rt.config.auth.csrf_cookie_name,
+        ],
+    );
     if rt.bearer_enabled() {
         // The gateway consumed it (or rejected it); upstreams never see gateway tokens.
         req.headers_mut().remove(header::AUTHORIZATION);
@@ -246,19 +268,7 @@ pub fn build_upstream_phase<B>(
             .insert(headers::X_REQUEST_ID.clone(), ctx.request_id.clone());
     }
     if let Some(a) = auth {
-        let names = &rt.config.headers;
-        let v = &a.user.header_values;
-        let h = req.headers_mut();
-        h.insert(names.user.clone(), v.user.clone());
-        if let Some(e) = &v.email {
-            h.insert(names.email.clone(), e.clone());
-        }
-        if let Some(g) = &v.groups {
-            h.insert(names.groups.clone(), g.clone());
-        }
-        if let (Some(n), Some(val)) = (&names.name, &v.name) {
-            h.insert(n.clone(), val.clone());
-        }
+        inject_identity(rt, req.headers_mut(), a);
     }
     match &route.host_header {
         Some(upstream_host) => {

@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""Helpers for benches/load/run.sh (standard library only).
+
+  ports N                      print N distinct free TCP ports on 127.0.0.1
+  wait-port PORT SECONDS       exit 0 once 127.0.0.1:PORT accepts a connection, 1 on timeout
+  storm --port P ...           paced stream of JSON logins against an authgate (see --help)
+  report --raw F --meta F ...  print the result tables and write the JSON file
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+
+# ---------------------------------------------------------------------------------------- ports
+
+def cmd_ports(args):
+    socks = []
+    try:
+        for _ in range(args.n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        print(" ".join(str(s.getsockname()[1]) for s in socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def cmd_wait_port(args):
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", args.port), timeout=0.5):
+                return 0
+        except OSError:
+            time.sleep(0.05)
+    return 1
+
+
+# ---------------------------------------------------------------------------------------- storm
+
+async def _one_login(port, body, timeout):
+    """One login on a fresh connection (as a browser would); returns (status, seconds)."""
+    t = time.perf_counter()
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port), timeout)
+        req = (
+            "POST /.auth/login HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{port}\r\n"
+            "Content-Type: application/json\r\n"
+            "Accept: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+        writer.write(req)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        parts = line.split()
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else -1
+        # Read the rest so the whole response is accounted for.
+        await asyncio.wait_for(reader.read(), timeout)
+        return status, time.perf_counter() - t
+    except asyncio.TimeoutError:
+        return "timeout", time.perf_counter() - t
+    except OSError as e:
+        return f"error:{type(e).__name__}", time.perf_counter() - t
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def _storm(args):
+    body = json.dumps({"username": args.username, "password": args.password}).encode()
+    results = []          # (scheduled_offset, status, latency_s)
+    skipped = 0           # ticks at which the concurrency cap was already reached
+    in_flight = 0
+    tasks = set()
+
+    async def run_one(offset):
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            status, lat = await _one_login(args.port, body, args.timeout)
+            results.append((offset, status, lat))
+        finally:
+            in_flight -= 1
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    end = t0 + args.duration
+    if args.rate > 0:
+        # Open loop: one login every 1/rate s on schedule, whatever the previous ones do,
+        # unless `concurrency` are already in flight (then the tick is counted as skipped).
+        i = 0
+        while True:
+            at = t0 + i / args.rate
+            if at >= end:
+                break
+            now = loop.time()
+            if at > now:
+                await asyncio.sleep(at - now)
+            if in_flight < args.concurrency:
+                tsk = asyncio.ensure_future(run_one(at - t0))
+                tasks.add(tsk)
+                tsk.add_done_callback(tasks.discard)
+            else:
+                skipped += 1
+            i += 1
+    else:
+        # Closed loop: `concurrency` clients logging in back to back until the end.
+        async def worker():
+            while loop.time() < end:
+                await run_one(loop.time() - t0)
+        tasks = {asyncio.ensure_future(worker()) for _ in range(args.concurrency)}
+    sent_end = loop.time()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=args.timeout + 1)
+        for p in pending:
+            p.cancel()
+    elapsed = sent_end - t0
+    lats = sorted(r[2] for r in results)
+    statuses = {}
+    for r in results:
+        statuses[str(r[1])] = statuses.get(str(r[1]), 0) + 1
+    ok = statuses.get("200", 0)
+
+    def pct(p):
+        if not lats:
+            return None
+        k = min(len(lats) - 1, max(0, int(round(p / 100.0 * len(lats) + 0.5)) - 1))
+        return round(lats[k] * 1e6)
+
+    return {
+        "mode": "open-loop" if args.rate > 0 else "closed-loop",
+        "target_rate": args.rate,
+        "concurrency": args.concurrency,
+        "duration_s": round(elapsed, 3),
+        "attempts": len(results),
+        "ok": ok,
+        "statuses": statuses,
+        "skipped_at_concurrency_cap": skipped,
+        "achieved_rate": round(len(results) / elapsed, 2) if elapsed > 0 else 0,
+        "ok_rate": round(ok / elapsed, 2) if elapsed > 0 else 0,
+        "latency_p50_us": pct(50),
+        "latency_p99_us": pct(99),
+        "latency_max_us": round(lats[-1] * 1e6) if lats else None,
+    }
+
+
+def cmd_storm(args):
+    res = asyncio.run(_storm(args))
+    text = json.dumps(res, sort_keys=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------------------- report
+
+def parse_kv(s):
+    out = {}
+    for tok in s.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            try:
+                out[k] = float(v) if "." in v else int(v)
+            except ValueError:
+                out[k] = v
+    return out
+
+
+def load_raw(path):
+    runs = []
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            phase, target, rnd, rest = line.split(" ", 3)
+            r = {"phase": phase, "target": target, "round": int(rnd)}
+            if rest.startswith("WRKRESULT"):
+                r.update(parse_kv(rest[len("WRKRESULT"):]))
+                errs = sum(r.get(k, 0) for k in
+                           ("err_connect", "err_read", "err_write", "err_timeout", "err_status"))
+                r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r.get("duration_us") else 0.0
+                r["valid"] = errs == 0 and r.get("requests", 0) > 0
+                r["invalid_reason"] = None if r["valid"] else (
+                    "no requests" if r.get("requests", 0) == 0 else
+                    ", ".join(f"{k}={r[k]}" for k in
+                              ("err_connect", "err_read", "err_write", "err_timeout", "err_status")
+                              if r.get(k)))
+            elif rest.startswith("MISSING"):
+                r.update({"valid": False, "invalid_reason": "wrk printed no result", "rps": 0.0})
+            elif rest.startswith("STORMFILE="):
+                try:
+                    with open(rest.split("=", 1)[1]) as sf:
+                        r["storm"] = json.load(sf)
+                except (OSError, ValueError) as e:
+                    r["storm"] = {"error": str(e)}
+            runs.append(r)
+    return runs
+
+
+def load_meta(path):
+    meta = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if "=" in line:
+                k, v = line.split("=", 1)
+                meta[k] = v
+    return meta
+
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def fmt_num(x, nd=0):
+    if x is None:
+        return "-"
+    return f"{x:,.{nd}f}"
+
+
+def summarize(runs, phase, order):
+    rows = []
+    for t in order:
+        rs = [r for r in runs if r["phase"] == phase and r["target"] == t]
+        if not rs:
+            continue
+        good = [r for r in rs if r["valid"]]
+        rows.append({
+            "target": t,
+            "runs": len(rs),
+            "invalid_runs": len(rs) - len(good),
+            "invalid_reasons": sorted({r["invalid_reason"] for r in rs if not r["valid"]}),
+            "rps": median([r["rps"] for r in good]),
+            "rps_all": [round(r["rps"], 1) for r in rs],
+            "p50_us": median([r["lat_p50_us"] for r in good]),
+            "p99_us": median([r["lat_p99_us"] for r in good]),
+        })
+    return rows
+
+
+def print_table(headers, rows, aligns):
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                         for c, w, a in zip(cells, widths, aligns))
+    print(line(headers))
+    print(line(["-" * w for w in widths]))
+    for r in rows:
+        print(line(r))
+
+
+def cmd_report(args):
+    meta = load_meta(args.meta)
+    runs = load_raw(args.raw)
+    order = meta.get("targets", "").split()
+    out = {"meta": meta, "runs": runs}
+
+    print()
+    print(f"machine: nproc={meta.get('nproc')}  cpu: {meta.get('cpu_model')}  kernel: {meta.get('kernel')}")
+    print(f"settings: duration={meta.get('duration')}s connections={meta.get('connections')} "
+          f"wrk_threads={meta.get('threads')} rounds={meta.get('rounds')} pin={meta.get('pin')}"
+          + (f" (upstream cpus {meta.get('upstream_cpus')}, server cpus {meta.get('server_cpus')}, "
+             f"load cpus {meta.get('load_cpus')})" if meta.get("pin") == "1" else "")
+          + f" authgate workers={meta.get('authgate_workers')}")
+    if meta.get("authgate_threads"):
+        print(f"authgate tokio worker threads at start: {meta.get('authgate_threads')}")
+
+    thr = summarize(runs, "load", order)
+    out["throughput"] = thr
+    if thr:
+        base_up = next((r["rps"] for r in thr if r["target"] == "upstream"), None)
+        base_ng = next((r["rps"] for r in thr if r["target"] == "nginx-proxy"), None)
+        print()
+        print(f"Throughput: median over {meta.get('rounds')} round(s), "
+              f"{meta.get('connections')} connections, {meta.get('duration')}s per run")
+        rows = []
+        for r in thr:
+            rps = r["rps"]
+            r["ratio_vs_upstream"] = rps / base_up if rps and base_up else None
+            r["ratio_vs_nginx_proxy"] = rps / base_ng if rps and base_ng else None
+            # Inverse throughput difference: the per-request cost over the nginx hop when the
+            # server under test is the bottleneck (one core each).
+            r["us_per_req_over_nginx"] = (1e6 / rps - 1e6 / base_ng) if rps and base_ng else None
+            status = "ok" if r["invalid_runs"] == 0 else (
+                "INVALID" if r["invalid_runs"] == r["runs"] else
+                f"INVALID {r['invalid_runs']}/{r['runs']}")
+            rows.append([
+                r["target"], fmt_num(rps), fmt_num(r["p50_us"]), fmt_num(r["p99_us"]),
+                fmt_num(r["ratio_vs_upstream"], 2), fmt_num(r["ratio_vs_nginx_proxy"], 2),
+                fmt_num(r["us_per_req_over_nginx"], 1),
+                " ".join(fmt_num(x) for x in r["rps_all"]), status,
+            ])
+        print_table(["target", "req/s", "p50 us", "p99 us", "/upstream", "/nginx",
+                     "+us/req vs nginx", "req/s per round", "status"],
+                    rows, "lrrrrrrll")
+        for r in thr:
+            if r["invalid_runs"]:
+                print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
+
+    lat = summarize(runs, "latency1", order)
+    out["latency_1conn"] = lat
+    if lat:
+        print()
+        print(f"Latency with 1 connection (wrk -t1 -c1, {meta.get('lat_duration')}s)")
+        rows = [[r["target"], fmt_num(r["rps"]), fmt_num(r["p50_us"]), fmt_num(r["p99_us"]),
+                 "ok" if r["invalid_runs"] == 0 else "INVALID"] for r in lat]
+        print_table(["target", "req/s", "p50 us", "p99 us", "status"], rows, "lrrrl")
+        for r in lat:
+            if r["invalid_runs"]:
+                print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
+
+    base = [r for r in runs if r["phase"] == "storm-base"]
+    withs = [r for r in runs if r["phase"] == "storm-with"]
+    storms = [r["storm"] for r in runs if r["phase"] == "storm-logins"]
+    if base or withs:
+        def med(rs, k):
+            good = [r[k] for r in rs if r["valid"]]
+            return median(good)
+        p99_a, p99_b = med(base, "lat_p99_us"), med(withs, "lat_p99_us")
+        p50_a, p50_b = med(base, "lat_p50_us"), med(withs, "lat_p50_us")
+        rps_a, rps_b = med(base, "rps"), med(withs, "rps")
+        storm = {
+            "target": meta.get("storm_target"),
+            "get_connections": meta.get("storm_connections"),
+            "get_rate_target": meta.get("storm_get_rate"),
+            "login_rate": meta.get("login_rate"),
+            "login_concurrency": meta.get("login_concurrency"),
+            "without": {"rps": rps_a, "p50_us": p50_a, "p99_us": p99_a,
+                        "invalid_runs": sum(1 for r in base if not r["valid"])},
+            "with": {"rps": rps_b, "p50_us": p50_b, "p99_us": p99_b,
+                     "invalid_runs": sum(1 for r in withs if not r["valid"])},
+            "p99_ratio": (p99_b / p99_a) if p99_a and p99_b else None,
+            "logins": storms,
+        }
+        out["login_storm"] = storm
+        print()
+        rate = meta.get("login_rate")
+        print(f"Login storm against {meta.get('storm_target')}: authenticated GETs "
+              f"({meta.get('storm_connections')} connections, offered ~{meta.get('storm_get_rate')} req/s; "
+              f"0 = unpaced) without / with "
+              + (f"{rate} logins/s (at most {meta.get('login_concurrency')} in flight)"
+                 if rate not in (None, "0") else
+                 f"{meta.get('login_concurrency')} clients logging in back to back")
+              + f", login_concurrency (hash pool) = {meta.get('hash_pool')}")
+        rows = [
+            ["without logins", fmt_num(rps_a), fmt_num(p50_a), fmt_num(p99_a),
+             "ok" if storm["without"]["invalid_runs"] == 0 else "INVALID"],
+            ["with logins", fmt_num(rps_b), fmt_num(p50_b), fmt_num(p99_b),
+             "ok" if storm["with"]["invalid_runs"] == 0 else "INVALID"],
+        ]
+        print_table(["GET traffic", "req/s", "p50 us", "p99 us", "status"], rows, "lrrrl")
+        print(f"p99 with / without: {fmt_num(storm['p99_ratio'], 2)}")
+        for r in base + withs:
+            if not r["valid"]:
+                print(f"  INVALID {r['phase']} round {r['round']}: {r['invalid_reason']}")
+        for i, s in enumerate(storms, 1):
+            if "error" in s:
+                print(f"  logins round {i}: no result ({s['error']})")
+                continue
+            print(f"  logins round {i}: {s['attempts']} attempts in {s['duration_s']}s "
+                  f"({s['achieved_rate']}/s, {s['ok_rate']}/s succeeded), statuses {s['statuses']}, "
+                  f"skipped at cap {s['skipped_at_concurrency_cap']}, login latency "
+                  f"p50 {fmt_num(s['latency_p50_us'] and s['latency_p50_us'] / 1000, 1)} ms "
+                  f"p99 {fmt_num(s['latency_p99_us'] and s['latency_p99_us'] / 1000, 1)} ms")
+            if s.get("ok", 0) != s.get("attempts", 0):
+                print("  WARNING: some logins did not succeed (see statuses): the storm is not "
+                      "the one asked for")
+
+    if args.memory and os.path.exists(args.memory):
+        with open(args.memory) as f:
+            mem = [l.rstrip("\n") for l in f if l.strip()]
+        out["memory"] = mem
+        print()
+        print("Session memory (cargo bench --bench session_memory)")
+        for l in mem:
+            print("  " + l)
+
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, sort_keys=True)
+        print()
+        print(f"raw results: {args.json}")
+
+    bad = any(r["invalid_runs"] for r in thr + lat)
+    bad = bad or any(not r["valid"] for r in base + withs)
+    return 2 if bad else 0
+
+
+# ----------------------------------------------------------------------------------------- main
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("ports")
+    s.add_argument("n", type=int)
+    s.set_defaults(fn=cmd_ports)
+
+    s = sub.add_parser("wait-port")
+    s.add_argument("port", type=int)
+    s.add_argument("seconds", type=float)
+    s.set_defaults(fn=cmd_wait_port)
+
+    s = sub.add_parser("storm", help="stream of JSON logins to 127.0.0.1:PORT/.auth/login")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--username", required=True)
+    s.add_argument("--password", required=True)
+    s.add_argument("--rate", type=float, default=50.0,
+                   help="logins per second, open loop (0 = closed loop with --concurrency clients)")
+    s.add_argument("--concurrency", type=int, default=200, help="cap on logins in flight")
+    s.add_argument("--duration", type=float, required=True, help="seconds")
+    s.add_argument("--timeout", type=float, default=30.0, help="per-login timeout, seconds")
+    s.add_argument("--out")
+    s.set_defaults(fn=cmd_storm)
+
+    s = sub.add_parser("report")
+    s.add_argument("--raw", required=True)
+    s.add_argument("--meta", required=True)
+    s.add_argument("--memory")
+    s.add_argument("--json")
+    s.set_defaults(fn=cmd_report)
+
+    args = p.parse_args()
+    sys.exit(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,598 @@
+#!/usr/bin/env bash
+# authgate load test: authgate (session / HS256 / EdDSA cookies) against a direct nginx upstream,
+# nginx as a plain proxy and HAProxy verifying JWTs (HS256 / ES256), all on 127.0.0.1, interleaved
+# rounds with wrk; then a login storm and the session-memory bench. See benches/load/README.md.
+#
+#   benches/load/run.sh                 # full run (DURATION=10 CONNECTIONS=64 ROUNDS=3)
+#   QUICK=1 benches/load/run.sh         # smoke check: 3 s runs, 1 round
+#   PIN=1 benches/load/run.sh           # servers and wrk on separate cores (taskset)
+#
+# Every setting is an environment variable; the flags below are shorthands. Every process this
+# script starts is stopped by pid when it exits (normally, on error or on Ctrl-C).
+set -Eeuo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+LIB="$HERE/loadlib.py"
+
+usage() {
+  cat <<'EOF'
+usage: benches/load/run.sh [--quick] [--pin] [--skip-memory] [--keep] [--duration S]
+                           [--connections N] [--rounds N] [--threads N] [--targets "a b ..."]
+
+Environment (flags above set the same variables):
+  DURATION=10          seconds per wrk run (a trailing "s" is accepted)
+  CONNECTIONS=64       wrk connections for the throughput runs
+  ROUNDS=3             interleaved rounds (A B C ... A B C ...); the table shows medians
+  THREADS              wrk threads (default: number of load-generator cores, at least 1)
+  WARMUP=1             seconds of unrecorded load per target before the rounds (0 = none)
+  LAT_DURATION         seconds of the 1-connection latency run per target (default DURATION)
+  PIN=0                1: taskset servers and load generator onto separate cores
+  UPSTREAM_CPUS, SERVER_CPUS, LOAD_CPUS   cpu lists used with PIN=1 (defaults from nproc)
+  QUICK=0              1: DURATION=3 ROUNDS=1 WARMUP=1 unless set explicitly
+  TARGETS              subset of: upstream nginx-proxy haproxy-hs256 haproxy-es256
+                       authgate-session authgate-hs256 authgate-eddsa
+  AUTHGATE_WORKERS=1   [server] workers of every authgate instance
+  JWT_CACHE_SIZE       [auth.jwt] cache_size of the JWT instances (default: authgate's default)
+  HASH_POOL            [auth] login_concurrency of the authgate instances (default: authgate's, 4)
+  SKIP_STORM=0         1: skip the login storm
+  LOGIN_RATE=50        logins/s during the storm (open loop); 0 = closed loop, LOGIN_CONCURRENCY
+                       clients logging in back to back (e.g. LOGIN_RATE=0 LOGIN_CONCURRENCY=200)
+  LOGIN_CONCURRENCY=200  cap on logins in flight (open loop) / number of clients (closed loop)
+  STORM_CONNECTIONS=16 wrk connections of the authenticated GET traffic during the storm
+  STORM_GET_RATE=2000  offered GET rate (per-connection pacing in wrk); 0 = as fast as possible
+  SKIP_MEMORY=0        1: skip `cargo bench --bench session_memory` (SESSIONS=N passes through)
+  SKIP_BUILD=0         1: use the existing target/release/authgate
+  SKIP_INSTALL=0       1: never call apt-get (fail if nginx/haproxy/wrk are missing)
+  KEEP_WORK=0          1: keep the temporary work dir (configs, keys, logs)
+  RESULTS_DIR          where results-<timestamp>.json goes (default target/load)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --pin) PIN=1 ;;
+    --skip-memory) SKIP_MEMORY=1 ;;
+    --skip-storm) SKIP_STORM=1 ;;
+    --keep) KEEP_WORK=1 ;;
+    --duration) DURATION="$2"; shift ;;
+    --connections) CONNECTIONS="$2"; shift ;;
+    --rounds) ROUNDS="$2"; shift ;;
+    --threads) THREADS="$2"; shift ;;
+    --targets) TARGETS="$2"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 64 ;;
+  esac
+  shift
+done
+
+QUICK="${QUICK:-0}"
+if [ "$QUICK" = 1 ]; then
+  DURATION="${DURATION:-3}"; ROUNDS="${ROUNDS:-1}"; WARMUP="${WARMUP:-1}"
+fi
+DURATION="${DURATION:-10}"; DURATION="${DURATION%s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+ROUNDS="${ROUNDS:-3}"
+WARMUP="${WARMUP:-1}"; WARMUP="${WARMUP%s}"
+LAT_DURATION="${LAT_DURATION:-$DURATION}"; LAT_DURATION="${LAT_DURATION%s}"
+PIN="${PIN:-0}"
+AUTHGATE_WORKERS="${AUTHGATE_WORKERS:-1}"
+JWT_CACHE_SIZE="${JWT_CACHE_SIZE:-}"
+HASH_POOL="${HASH_POOL:-}"
+SKIP_STORM="${SKIP_STORM:-0}"
+LOGIN_RATE="${LOGIN_RATE:-50}"
+LOGIN_CONCURRENCY="${LOGIN_CONCURRENCY:-200}"
+STORM_CONNECTIONS="${STORM_CONNECTIONS:-16}"
+STORM_GET_RATE="${STORM_GET_RATE:-2000}"
+SKIP_MEMORY="${SKIP_MEMORY:-0}"
+SKIP_BUILD="${SKIP_BUILD:-0}"
+SKIP_INSTALL="${SKIP_INSTALL:-0}"
+KEEP_WORK="${KEEP_WORK:-0}"
+RESULTS_DIR="${RESULTS_DIR:-$ROOT/target/load}"
+ALL_TARGETS="upstream nginx-proxy haproxy-hs256 haproxy-es256 authgate-session authgate-hs256 authgate-eddsa"
+TARGETS="${TARGETS:-$ALL_TARGETS}"
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+say() { echo "== $*"; }
+is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
+for v in DURATION CONNECTIONS ROUNDS WARMUP LAT_DURATION AUTHGATE_WORKERS LOGIN_CONCURRENCY \
+         STORM_CONNECTIONS STORM_GET_RATE; do
+  is_uint "${!v}" || die "$v must be a whole number (got '${!v}')"
+done
+[ "$DURATION" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$CONNECTIONS" -ge 1 ] || die "DURATION, ROUNDS, CONNECTIONS must be >= 1"
+for t in $TARGETS; do
+  case " $ALL_TARGETS " in *" $t "*) ;; *) die "unknown target '$t' (known: $ALL_TARGETS)" ;; esac
+done
+
+# --------------------------------------------------------------------------- cores and pinning
+NPROC="$(nproc)"
+if [ "$NPROC" -ge 3 ]; then
+  UPSTREAM_CPUS="${UPSTREAM_CPUS:-0}"; SERVER_CPUS="${SERVER_CPUS:-1}"; LOAD_CPUS="${LOAD_CPUS:-2-$((NPROC - 1))}"
+elif [ "$NPROC" -eq 2 ]; then
+  UPSTREAM_CPUS="${UPSTREAM_CPUS:-0}"; SERVER_CPUS="${SERVER_CPUS:-0}"; LOAD_CPUS="${LOAD_CPUS:-1}"
+else
+  UPSTREAM_CPUS="${UPSTREAM_CPUS:-0}"; SERVER_CPUS="${SERVER_CPUS:-0}"; LOAD_CPUS="${LOAD_CPUS:-0}"
+fi
+cpu_count() { # number of cpus in a taskset list like "2-5,7"
+  local n=0 part a b
+  IFS=, read -ra parts <<<"$1"
+  for part in "${parts[@]}"; do
+    if [[ "$part" == *-* ]]; then a="${part%-*}"; b="${part#*-}"; n=$((n + b - a + 1)); else n=$((n + 1)); fi
+  done
+  echo "$n"
+}
+if [ "$PIN" = 1 ]; then
+  [ "$NPROC" -ge 2 ] || echo "WARNING: PIN=1 on a single core: servers and wrk share it" >&2
+  command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+  PIN_UP=(taskset -c "$UPSTREAM_CPUS"); PIN_SRV=(taskset -c "$SERVER_CPUS"); PIN_LOAD=(taskset -c "$LOAD_CPUS")
+  DEFAULT_THREADS="$(cpu_count "$LOAD_CPUS")"
+else
+  PIN_UP=(); PIN_SRV=(); PIN_LOAD=()
+  DEFAULT_THREADS=$(( NPROC / 2 )); [ "$DEFAULT_THREADS" -ge 1 ] || DEFAULT_THREADS=1
+fi
+THREADS="${THREADS:-$DEFAULT_THREADS}"
+is_uint "$THREADS" && [ "$THREADS" -ge 1 ] || die "THREADS must be >= 1"
+[ "$THREADS" -le "$CONNECTIONS" ] || THREADS="$CONNECTIONS"
+STORM_THREADS="$THREADS"; [ "$STORM_THREADS" -le "$STORM_CONNECTIONS" ] || STORM_THREADS="$STORM_CONNECTIONS"
+
+# --------------------------------------------------------------------------- process bookkeeping
+PIDS=()      # long-running servers, in start order
+NAMES=()
+TRANSIENT=() # wrk currently running
+STORM_PID="" # login stream currently running
+WORK=""
+CREATED_POLICY=0
+
+stop_pid() { # TERM, wait up to 5 s, then KILL (children too: nginx workers)
+  local pid="$1" kids i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kids="$(pgrep -P "$pid" 2>/dev/null || true)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+  for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP ERR
+  set +e
+  local p i
+  for p in "${TRANSIENT[@]}" $STORM_PID; do stop_pid "$p"; done
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
+  if [ "$CREATED_POLICY" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+  if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+    if [ "$KEEP_WORK" = 1 ] || [ "$rc" -ne 0 ]; then
+      echo "work dir kept: $WORK" >&2
+    else
+      rm -rf "$WORK"
+    fi
+  fi
+  [ "$rc" -eq 0 ] || echo "run.sh: exiting with status $rc" >&2
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# start NAME PIN_ARRAY_NAME ENV... -- CMD...: background process, pid recorded for cleanup
+start() {
+  local name="$1" pinvar="$2"; shift 2
+  local -n pinref="$pinvar"
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  env "${envs[@]}" "${pinref[@]}" "$@" >"$WORK/log/$name.log" 2>&1 &
+  PIDS+=("$!"); NAMES+=("$name")
+  eval "PID_${name//-/_}=$!"
+}
+
+wait_ready() { # NAME PORT
+  local name="$1" port="$2" pidvar="PID_${1//-/_}"
+  if ! python3 "$LIB" wait-port "$port" 10; then
+    cat "$WORK/log/$name.log" >&2 || true
+    die "$name did not start listening on 127.0.0.1:$port"
+  fi
+  sleep 0.2
+  if ! kill -0 "${!pidvar}" 2>/dev/null; then
+    cat "$WORK/log/$name.log" >&2 || true
+    die "$name exited right after start (port $port taken by someone else?)"
+  fi
+}
+
+# --------------------------------------------------------------------------- machine
+CPU_MODEL="$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1)"
+KERNEL="$(uname -srm)"
+say "machine: nproc=$NPROC cpu: ${CPU_MODEL:-unknown} kernel: $KERNEL"
+say "settings: DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS ROUNDS=$ROUNDS THREADS=$THREADS PIN=$PIN QUICK=$QUICK"
+if [ "$PIN" = 1 ]; then say "pinning: upstream cpus $UPSTREAM_CPUS, servers cpus $SERVER_CPUS, load cpus $LOAD_CPUS"; fi
+
+# --------------------------------------------------------------------------- build and tools
+if [ "$SKIP_BUILD" != 1 ]; then
+  say "cargo build --release"
+  (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
+fi
+AG="$ROOT/target/release/authgate"
+[ -x "$AG" ] || die "$AG missing (build it or unset SKIP_BUILD)"
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$SKIP_INSTALL" != 1 ] || die "missing: ${need[*]} (SKIP_INSTALL=1)"
+  [ "$(id -u)" = 0 ] || die "missing: ${need[*]}; install them (apt-get install ${need[*]}) or run as root"
+  say "apt-get install ${need[*]} (distro services are not started)"
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    # Keeps the packages' postinst from starting nginx/haproxy on port 80 (removed again below).
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    CREATED_POLICY=1
+  fi
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"; then
+    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" \
+      || die "apt-get install ${need[*]} failed"
+  fi
+  if [ "$CREATED_POLICY" = 1 ]; then rm -f /usr/sbin/policy-rc.d; CREATED_POLICY=0; fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+HAPROXY_VERSION="$(haproxy -v 2>/dev/null | sed -n 's/^HAProxy version \([0-9.]*\).*/\1/p' | head -1)"
+case "$HAPROXY_VERSION" in
+  1.*|2.[0-4]|2.[0-4].*|"") die "HAProxy ${HAPROXY_VERSION:-?} has no jwt_verify (needs 2.5+)" ;;
+esac
+NGINX_VERSION="$(nginx -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p')"
+WRK_VERSION="$(wrk -v 2>&1 | sed -n 's/^wrk \([^ ]*\).*/\1/p' | head -1 || true)"
+say "tools: nginx $NGINX_VERSION, haproxy $HAPROXY_VERSION, wrk ${WRK_VERSION:-?}, $("$AG" --version)"
+
+# --------------------------------------------------------------------------- work dir, keys, users
+WORK="$(mktemp -d /tmp/authgate-load.XXXXXX)"
+chmod 700 "$WORK"
+mkdir -p "$WORK/log" "$WORK/keys" "$WORK/nginx-up" "$WORK/nginx-proxy"
+RAW="$WORK/raw.txt"; : >"$RAW"
+META="$WORK/meta.txt"
+say "work dir: $WORK"
+
+"$AG" gen-jwt-key --alg HS256 --out "$WORK/keys/hs" >/dev/null
+"$AG" gen-jwt-key --alg EdDSA --out "$WORK/keys/ed" >/dev/null
+"$AG" gen-jwt-key --alg ES256 --out "$WORK/keys/es" >/dev/null
+HS_SECRET="$(tr -d '\r\n' <"$WORK/keys/hs.secret")"
+[ "${#HS_SECRET}" -ge 32 ] || die "HS256 secret shorter than 32 bytes"
+# Goes verbatim into haproxy.cfg: must not need quoting.
+[[ "$HS_SECRET" =~ ^[A-Za-z0-9_-]+$ ]] || die "HS256 secret has characters unsafe for haproxy.cfg"
+
+BENCH_USER="bench"
+BENCH_PASSWORD="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
+HASH="$(printf '%s' "$BENCH_PASSWORD" | "$AG" hash-password)"
+cat >"$WORK/users.toml" <<EOF
+[[users]]
+username = "$BENCH_USER"
+password_hash = "$HASH"
+email = "bench@example.com"
+name = "Bench User"
+groups = ["bench"]
+EOF
+LOGIN_JSON="{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}"
+
+# --------------------------------------------------------------------------- ports and configs
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES <<<"$(python3 "$LIB" ports 8)"
+
+nginx_common() { # DIR
+  cat <<EOF
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+EOF
+}
+{
+  nginx_common "$WORK/nginx-up"
+  cat <<EOF
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-up/body; proxy_temp_path $WORK/nginx-up/proxy;
+  fastcgi_temp_path $WORK/nginx-up/fastcgi; uwsgi_temp_path $WORK/nginx-up/uwsgi; scgi_temp_path $WORK/nginx-up/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  server {
+    listen 127.0.0.1:$P_UP;
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+} >"$WORK/nginx-up/nginx.conf"
+{
+  nginx_common "$WORK/nginx-proxy"
+  cat <<EOF
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-proxy/body; proxy_temp_path $WORK/nginx-proxy/proxy;
+  fastcgi_temp_path $WORK/nginx-proxy/fastcgi; uwsgi_temp_path $WORK/nginx-proxy/uwsgi; scgi_temp_path $WORK/nginx-proxy/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  upstream up {
+    server 127.0.0.1:$P_UP;
+    keepalive 64;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$P_NGX;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+} >"$WORK/nginx-proxy/nginx.conf"
+
+haproxy_cfg() { # PORT ALG KEY  (KEY: the secret for HS256, a public key PEM path otherwise)
+  cat <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 120s
+frontend fe
+    bind 127.0.0.1:$1
+    http-request set-var(txn.bearer) req.cook(authgate)
+    http-request deny unless { var(txn.bearer),jwt_header_query('\$.alg') -m str $2 }
+    http-request deny unless { var(txn.bearer),jwt_verify("$2","$3") -m int 1 }
+    default_backend be
+backend be
+    http-reuse always
+    server up 127.0.0.1:$P_UP
+EOF
+}
+haproxy_cfg "$P_HAP_HS" HS256 "$HS_SECRET" >"$WORK/haproxy-hs256.cfg"
+haproxy_cfg "$P_HAP_ES" ES256 "$WORK/keys/es.pub.pem" >"$WORK/haproxy-es256.cfg"
+chmod 600 "$WORK/haproxy-hs256.cfg"
+
+authgate_cfg() { # PORT MODE [ALG KEYFILE]
+  cat <<EOF
+[server]
+listen = "127.0.0.1:$1"
+public_url = "http://127.0.0.1:$1"
+workers = $AUTHGATE_WORKERS
+shutdown_grace = "1s"
+
+[log]
+access_log = false
+
+[auth]
+mode = "$2"
+users_file = "users.toml"
+EOF
+  [ -z "$HASH_POOL" ] || echo "login_concurrency = $HASH_POOL"
+  if [ "$2" = jwt ]; then
+    cat <<EOF
+
+[auth.jwt]
+algorithm = "$3"
+signing_key = "$4"
+issuer = "authgate-bench"
+audience = "authgate-bench"
+# Long enough that no sliding renewal (re-signing on every request, since wrk ignores Set-Cookie)
+# starts during a run: renewal begins once less than half the ttl is left.
+ttl = "6h"
+EOF
+    [ -z "$JWT_CACHE_SIZE" ] || echo "cache_size = $JWT_CACHE_SIZE"
+  fi
+  cat <<EOF
+
+[[routes]]
+path_prefix = "/"
+upstream = "http://127.0.0.1:$P_UP"
+access = "authenticated"
+EOF
+}
+authgate_cfg "$P_AG_SESS" session >"$WORK/authgate-session.toml"
+authgate_cfg "$P_AG_HS" jwt HS256 "keys/hs.secret" >"$WORK/authgate-hs256.toml"
+authgate_cfg "$P_AG_ED" jwt EdDSA "keys/ed.pem" >"$WORK/authgate-eddsa.toml"
+authgate_cfg "$P_AG_ES" jwt ES256 "keys/es.pem" >"$WORK/authgate-es256-mint.toml"
+for f in authgate-session authgate-hs256 authgate-eddsa authgate-es256-mint; do
+  "$AG" check-config --config "$WORK/$f.toml" >/dev/null 2>"$WORK/log/$f.check" \
+    || { cat "$WORK/log/$f.check" >&2; die "authgate check-config failed for $f"; }
+done
+nginx -t -q -e "$WORK/log/nginx-t.err" -p "$WORK/nginx-up" -c "$WORK/nginx-up/nginx.conf" || die "nginx upstream config invalid"
+nginx -t -q -e "$WORK/log/nginx-t.err" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" || die "nginx proxy config invalid"
+haproxy -c -q -f "$WORK/haproxy-hs256.cfg" || die "haproxy-hs256 config invalid"
+haproxy -c -q -f "$WORK/haproxy-es256.cfg" || die "haproxy-es256 config invalid"
+
+# --------------------------------------------------------------------------- start servers
+say "starting servers on 127.0.0.1 ports: upstream $P_UP, nginx-proxy $P_NGX, haproxy-hs256 $P_HAP_HS, haproxy-es256 $P_HAP_ES, authgate-session $P_AG_SESS, authgate-hs256 $P_AG_HS, authgate-eddsa $P_AG_ED"
+start upstream PIN_UP -- nginx -e "$WORK/nginx-up/error.log" -p "$WORK/nginx-up" -c "$WORK/nginx-up/nginx.conf"
+start nginx-proxy PIN_SRV -- nginx -e "$WORK/nginx-proxy/error.log" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf"
+start haproxy-hs256 PIN_SRV -- haproxy -db -f "$WORK/haproxy-hs256.cfg"
+start haproxy-es256 PIN_SRV -- haproxy -db -f "$WORK/haproxy-es256.cfg"
+start authgate-session PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-session.toml"
+start authgate-hs256 PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-hs256.toml"
+start authgate-eddsa PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-eddsa.toml"
+start authgate-es256-mint PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-es256-mint.toml"
+wait_ready upstream "$P_UP"
+wait_ready nginx-proxy "$P_NGX"
+wait_ready haproxy-hs256 "$P_HAP_HS"
+wait_ready haproxy-es256 "$P_HAP_ES"
+wait_ready authgate-session "$P_AG_SESS"
+wait_ready authgate-hs256 "$P_AG_HS"
+wait_ready authgate-eddsa "$P_AG_ED"
+wait_ready authgate-es256-mint "$P_AG_ES"
+
+# Async worker threads actually running (tokio names them tokio-rt-worker; blocking-pool threads
+# share the name but none exist before the first login).
+AG_THREADS=""
+for n in authgate-session authgate-hs256 authgate-eddsa; do
+  pv="PID_${n//-/_}"
+  c="$(ps -T -p "${!pv}" -o comm= | grep -c '^tokio-rt-worker' || true)"
+  AG_THREADS+="$n=$c "
+  if [ "$AUTHGATE_WORKERS" -gt 0 ] && [ "$c" -gt "$AUTHGATE_WORKERS" ]; then
+    echo "WARNING: $n runs $c tokio worker threads although [server] workers = $AUTHGATE_WORKERS" >&2
+  fi
+done
+say "authgate tokio worker threads at start: $AG_THREADS"
+
+# --------------------------------------------------------------------------- credentials
+login_cookie() { # PORT -> cookie value on stdout
+  local hdrs code
+  hdrs="$(curl -s -i --max-time 30 -H 'content-type: application/json' -d "$LOGIN_JSON" "http://127.0.0.1:$1/.auth/login" | tr -d '\r')"
+  code="$(printf '%s\n' "$hdrs" | head -1 | awk '{print $2}')"
+  [ "$code" = 200 ] || { printf '%s\n' "$hdrs" >&2; die "login on port $1 answered ${code:-nothing}, not 200"; }
+  printf '%s\n' "$hdrs" | sed -n 's/^[Ss]et-[Cc]ookie: authgate=\([^;]*\).*/\1/p' | head -1
+}
+SESSION_COOKIE="$(login_cookie "$P_AG_SESS")"
+HS_TOKEN="$(login_cookie "$P_AG_HS")"
+ED_TOKEN="$(login_cookie "$P_AG_ED")"
+ES_TOKEN="$(login_cookie "$P_AG_ES")"
+for v in SESSION_COOKIE HS_TOKEN ED_TOKEN ES_TOKEN; do [ -n "${!v}" ] || die "no authgate cookie for $v"; done
+stop_pid "$PID_authgate_es256_mint"   # only needed to mint the ES256 token for HAProxy
+keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$PID_authgate_es256_mint" ] || keep+=("$p"); done; PIDS=("${keep[@]}")
+
+declare -A URL COOKIE
+URL[upstream]="http://127.0.0.1:$P_UP/";             COOKIE[upstream]=""
+URL[nginx-proxy]="http://127.0.0.1:$P_NGX/";         COOKIE[nginx-proxy]=""
+URL[haproxy-hs256]="http://127.0.0.1:$P_HAP_HS/";    COOKIE[haproxy-hs256]="$HS_TOKEN"
+URL[haproxy-es256]="http://127.0.0.1:$P_HAP_ES/";    COOKIE[haproxy-es256]="$ES_TOKEN"
+URL[authgate-session]="http://127.0.0.1:$P_AG_SESS/"; COOKIE[authgate-session]="$SESSION_COOKIE"
+URL[authgate-hs256]="http://127.0.0.1:$P_AG_HS/";     COOKIE[authgate-hs256]="$HS_TOKEN"
+URL[authgate-eddsa]="http://127.0.0.1:$P_AG_ED/";     COOKIE[authgate-eddsa]="$ED_TOKEN"
+
+tamper() { # change one character of the last dot-separated part (the signature / session id)
+  local tok="$1" head sig c
+  if [[ "$tok" == *.* ]]; then head="${tok%.*}."; sig="${tok##*.}"; else head=""; sig="$tok"; fi
+  c="${sig:4:1}"; [ "$c" = A ] && c=B || c=A
+  printf '%s%s%s%s' "$head" "${sig:0:4}" "$c" "${sig:5}"
+}
+
+# --------------------------------------------------------------------------- sanity checks
+code_of() { # URL [COOKIE]
+  if [ -n "${2:-}" ]; then
+    curl -s -o /dev/null --max-time 5 -w '%{http_code}' -H "Cookie: authgate=$2" "$1" || true
+  else
+    curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$1" || true
+  fi
+}
+say "sanity checks"
+fail=0
+for t in $ALL_TARGETS; do
+  url="${URL[$t]}"; ck="${COOKIE[$t]}"
+  with="$(code_of "$url" "$ck")"
+  line="  $t: with credentials $with"
+  [ "$with" = 200 ] || fail=1
+  if [ -n "$ck" ]; then
+    without="$(code_of "$url")"; bad="$(code_of "$url" "$(tamper "$ck")")"
+    line+=", without $without, tampered $bad"
+    case "$without" in 401|403) ;; *) fail=1 ;; esac
+    case "$bad" in 401|403) ;; *) fail=1 ;; esac
+  fi
+  echo "$line"
+done
+# HAProxy checks alg: an EdDSA token for the HS256 frontend must fail too.
+alg_bad="$(code_of "${URL[haproxy-hs256]}" "$ED_TOKEN")"
+echo "  haproxy-hs256 with an EdDSA token: $alg_bad"
+case "$alg_bad" in 403) ;; *) fail=1 ;; esac
+[ "$fail" = 0 ] || die "sanity check failed: every target must answer 200 with credentials, 401/403 without"
+
+# --------------------------------------------------------------------------- load
+run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
+  local phase="$1" t="$2" r="$3" c="$4" th="$5" d="$6" delay="${7:-0}" out line
+  out="$WORK/log/wrk-$phase-$t-$r.txt"
+  local args=(-t"$th" -c"$c" -d"${d}s" --timeout 5s -s "$HERE/report.lua")
+  [ -z "${COOKIE[$t]}" ] || args+=(-H "Cookie: authgate=${COOKIE[$t]}")
+  WRK_DELAY_MS="$delay" "${PIN_LOAD[@]}" wrk "${args[@]}" "${URL[$t]}" >"$out" 2>&1 &
+  local pid=$!
+  TRANSIENT=("$pid")
+  wait "$pid" || true
+  TRANSIENT=()
+  [ "$phase" != warmup ] || return 0
+  line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
+  echo "$phase $t $r $line" >>"$RAW"
+  if [ "$line" = MISSING ]; then
+    printf '  %-8s %-17s round %s: no result (see %s)\n' "$phase" "$t" "$r" "$out"
+  else
+    awk -v ph="$phase" -v t="$t" -v r="$r" '{
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      errs = v["err_connect"] + v["err_read"] + v["err_write"] + v["err_timeout"] + v["err_status"]
+      printf "  %-8s %-17s round %s: %9.0f req/s  p50 %6d us  p99 %6d us%s\n", ph, t, r,
+        v["requests"] / (v["duration_us"] / 1e6), v["lat_p50_us"], v["lat_p99_us"],
+        errs ? sprintf("  INVALID (%d socket errors, %d status >= 400)", errs - v["err_status"], v["err_status"]) : ""
+    }' <<<"$line"
+  fi
+}
+
+if [ "$WARMUP" -gt 0 ]; then
+  say "warm-up: ${WARMUP}s per target"
+  for t in $TARGETS; do run_wrk warmup "$t" 0 "$CONNECTIONS" "$THREADS" "$WARMUP"; done
+fi
+say "throughput: $ROUNDS round(s) x [$TARGETS], ${DURATION}s, $CONNECTIONS connections, $THREADS wrk thread(s)"
+for r in $(seq 1 "$ROUNDS"); do
+  for t in $TARGETS; do run_wrk load "$t" "$r" "$CONNECTIONS" "$THREADS" "$DURATION"; done
+done
+say "latency: 1 connection, ${LAT_DURATION}s per target"
+for t in $TARGETS; do run_wrk latency1 "$t" 1 1 1 "$LAT_DURATION"; done
+
+# --------------------------------------------------------------------------- login storm
+STORM_TARGET=authgate-session
+STORM_DELAY_MS=0
+if [ "$STORM_GET_RATE" -gt 0 ]; then
+  STORM_DELAY_MS=$(( STORM_CONNECTIONS * 1000 / STORM_GET_RATE ))
+  [ "$STORM_DELAY_MS" -ge 1 ] || STORM_DELAY_MS=1
+fi
+if [ "$SKIP_STORM" != 1 ]; then
+  say "login storm on $STORM_TARGET: GETs with $STORM_CONNECTIONS connections (pacing ${STORM_DELAY_MS} ms/connection), logins: rate $LOGIN_RATE/s, concurrency $LOGIN_CONCURRENCY"
+  for r in $(seq 1 "$ROUNDS"); do
+    run_wrk storm-base "$STORM_TARGET" "$r" "$STORM_CONNECTIONS" "$STORM_THREADS" "$DURATION" "$STORM_DELAY_MS"
+    sf="$WORK/log/storm-$r.json"
+    # The login stream starts 0.5 s before and ends ~0.5 s after the GET run.
+    "${PIN_LOAD[@]}" python3 "$LIB" storm --port "$P_AG_SESS" --username "$BENCH_USER" \
+      --password "$BENCH_PASSWORD" --rate "$LOGIN_RATE" --concurrency "$LOGIN_CONCURRENCY" \
+      --duration "$((DURATION + 1))" --out "$sf" >"$WORK/log/storm-$r.log" 2>&1 &
+    STORM_PID=$!
+    sleep 0.5
+    run_wrk storm-with "$STORM_TARGET" "$r" "$STORM_CONNECTIONS" "$STORM_THREADS" "$DURATION" "$STORM_DELAY_MS"
+    wait "$STORM_PID" || echo "  login stream exited with an error (see $WORK/log/storm-$r.log)"
+    STORM_PID=""
+    echo "storm-logins $STORM_TARGET $r STORMFILE=$sf" >>"$RAW"
+    [ -s "$sf" ] && echo "  logins round $r: $(cat "$sf")"
+  done
+fi
+
+# --------------------------------------------------------------------------- memory
+MEMFILE="$WORK/memory.txt"
+if [ "$SKIP_MEMORY" != 1 ]; then
+  say "cargo bench --bench session_memory${SESSIONS:+ (SESSIONS=$SESSIONS)}"
+  (cd "$ROOT" && cargo bench --bench session_memory 2>"$WORK/log/session_memory.err") >"$MEMFILE" \
+    || { tail -20 "$WORK/log/session_memory.err" >&2; echo "WARNING: session_memory bench failed" >&2; }
+fi
+
+# --------------------------------------------------------------------------- report
+{
+  echo "timestamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "nproc=$NPROC"; echo "cpu_model=$CPU_MODEL"; echo "kernel=$KERNEL"
+  echo "duration=$DURATION"; echo "lat_duration=$LAT_DURATION"; echo "connections=$CONNECTIONS"
+  echo "threads=$THREADS"; echo "rounds=$ROUNDS"; echo "warmup=$WARMUP"; echo "pin=$PIN"
+  echo "upstream_cpus=$UPSTREAM_CPUS"; echo "server_cpus=$SERVER_CPUS"; echo "load_cpus=$LOAD_CPUS"
+  echo "targets=$TARGETS"; echo "authgate_workers=$AUTHGATE_WORKERS"; echo "authgate_threads=$AG_THREADS"
+  echo "jwt_cache_size=${JWT_CACHE_SIZE:-default}"; echo "hash_pool=${HASH_POOL:-default (4)}"
+  echo "storm_target=$STORM_TARGET"; echo "storm_connections=$STORM_CONNECTIONS"
+  echo "storm_get_rate=$STORM_GET_RATE"; echo "storm_delay_ms=$STORM_DELAY_MS"
+  echo "login_rate=$LOGIN_RATE"; echo "login_concurrency=$LOGIN_CONCURRENCY"
+  echo "nginx=$NGINX_VERSION"; echo "haproxy=$HAPROXY_VERSION"; echo "wrk=${WRK_VERSION:-}"
+  echo "authgate=$("$AG" --version)"; echo "git=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
+} >"$META"
+mkdir -p "$RESULTS_DIR"
+JSON="$RESULTS_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).json"
+report_rc=0
+python3 "$LIB" report --raw "$RAW" --meta "$META" --memory "$MEMFILE" --json "$JSON" || report_rc=$?
+if [ "$report_rc" -eq 2 ]; then
+  echo "some runs are INVALID (socket errors or responses >= 400): see the lines above" >&2
+  exit 2
+fi
+exit "$report_rc"
