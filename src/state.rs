@@ -9,13 +9,13 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::jwt::{JwtKeys, TokenCache};
-use crate::auth::revocation::Revocations;
+use crate::auth::revocation::{RevocationStore, Revocations};
 use crate::auth::session::{MemorySessionStore, SessionStore};
 use crate::auth::users::Users;
 use crate::config::{
     AuthMode, Config, ConfigError, ConfigErrors, UpstreamTarget, ALL_PRESET_HEADERS,
 };
-use crate::login::limit::LoginLimiter;
+use crate::login::limit::{LoginLimitStore, LoginLimiter};
 use crate::pipeline::forward::{build_client, UpstreamClient};
 use crate::pipeline::headers::FORWARDING_HEADERS;
 use crate::pipeline::route::{Route, Router};
@@ -169,11 +169,11 @@ pub struct Live {
     /// Sessions (session mode).
     pub sessions: Arc<dyn SessionStore>,
     /// Revoked tokens and per-user not-before times (jwt mode).
-    pub revocations: Revocations,
+    pub revocations: Arc<dyn RevocationStore>,
     /// Verified-token cache (jwt mode).
     pub token_cache: TokenCache,
     /// Failed-login counters.
-    pub limiter: LoginLimiter,
+    pub limiter: Arc<dyn LoginLimitStore>,
     /// Bounds concurrent password verifications.
     pub hash_pool: Arc<Semaphore>,
 }
@@ -188,13 +188,13 @@ impl Live {
                 a.max_lifetime,
                 a.max_sessions,
             )),
-            revocations: Revocations::new(a.max_sessions),
+            revocations: Arc::new(Revocations::new(a.max_sessions)),
             token_cache: TokenCache::new(
                 a.jwt
                     .as_ref()
                     .map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size),
             ),
-            limiter: LoginLimiter::new(a.login_failures_per_minute),
+            limiter: Arc::new(LoginLimiter::new(a.login_failures_per_minute)),
             hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
         }
     }
