@@ -125,6 +125,12 @@ async def _storm(args):
         _, pending = await asyncio.wait(tasks, timeout=args.timeout + 1)
         for p in pending:
             p.cancel()
+    if args.rate <= 0:
+        # Closed loop: attempts were started until `end` and the last ones finished after it.
+        sent_end = min(loop.time(), end + args.timeout)
+    else:
+        # Open loop: the schedule covered [t0, end).
+        sent_end = max(sent_end, end)
     elapsed = sent_end - t0
     lats = sorted(r[2] for r in results)
     statuses = {}
@@ -311,6 +317,14 @@ def cmd_report(args):
         for r in thr:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
+        if any(r["target"] in ("authgate-hs256", "authgate-eddsa") for r in thr):
+            if meta.get("jwt_cache_size") == "0":
+                print("  note: authgate's verified-token cache is off (JWT_CACHE_SIZE=0): every request "
+                      "verifies the signature, as HAProxy's jwt_verify does.")
+            else:
+                print(f"  note: authgate's JWT targets get one token over and over, so after the first request "
+                      f"they are served from the verified-token cache (cache_size={meta.get('jwt_cache_size')}); "
+                      f"HAProxy verifies the signature on every request. JWT_CACHE_SIZE=0 turns the cache off.")
 
     lat = summarize(runs, "latency1", order)
     out["latency_1conn"] = lat

@@ -136,6 +136,12 @@ is_uint "$THREADS" && [ "$THREADS" -ge 1 ] || die "THREADS must be >= 1"
 [ "$THREADS" -le "$CONNECTIONS" ] || THREADS="$CONNECTIONS"
 STORM_THREADS="$THREADS"; [ "$STORM_THREADS" -le "$STORM_CONNECTIONS" ] || STORM_THREADS="$STORM_CONNECTIONS"
 
+# HAProxy needs ~2 descriptors per connection and refuses to start if it cannot get them.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"; [ "$NOFILE" = unlimited ] && NOFILE=1048576
+HAP_MAXCONN=$(( (NOFILE - 64) / 2 )); [ "$HAP_MAXCONN" -le 4096 ] || HAP_MAXCONN=4096
+[ "$CONNECTIONS" -lt "$HAP_MAXCONN" ] || die "CONNECTIONS=$CONNECTIONS needs a higher open-file limit (ulimit -n is $NOFILE)"
+
 # --------------------------------------------------------------------------- process bookkeeping
 PIDS=()      # long-running servers, in start order
 NAMES=()
@@ -164,7 +170,8 @@ cleanup() {
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_pid "${PIDS[i]}"; done
   if [ "$CREATED_POLICY" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
   if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-    if [ "$KEEP_WORK" = 1 ] || [ "$rc" -ne 0 ]; then
+    # Kept on failure for its logs (Ctrl-C / kill: removed); it holds the bench keys, mode 0700.
+    if [ "$KEEP_WORK" = 1 ] || { [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ] && [ "$rc" -ne 143 ] && [ "$rc" -ne 129 ]; }; then
       echo "work dir kept: $WORK" >&2
     else
       rm -rf "$WORK"
@@ -334,7 +341,7 @@ haproxy_cfg() { # PORT ALG KEY  (KEY: the secret for HS256, a public key PEM pat
   cat <<EOF
 global
     nbthread 1
-    maxconn 4096
+    maxconn $HAP_MAXCONN
 defaults
     mode http
     timeout connect 5s

@@ -112,6 +112,40 @@ impl Revocations {
     }
 }
 
+/// Revocation state behind the live-state abstraction: what a shared store (Redis) implements so
+/// that several gateway instances agree on logouts. Lookups stay synchronous: they run on every
+/// JWT request, and a networked store would front itself with an in-memory copy.
+pub trait RevocationStore: Send + Sync + 'static {
+    /// Denies a token id until `exp`.
+    fn revoke_jti(&self, jti: &str, exp: u64, now: u64);
+    /// Whether a token id is denied.
+    fn is_jti_revoked(&self, jti: &str) -> bool;
+    /// Denies every token of `username` issued at or before `at`.
+    fn revoke_user_before(&self, username: &str, at: u64);
+    /// Whether a token of `username` issued at `iat` is denied.
+    fn is_user_revoked(&self, username: &str, iat: u64) -> bool;
+    /// Forgets per-user times at or before `older_than`.
+    fn prune_users(&self, older_than: u64);
+}
+
+impl RevocationStore for Revocations {
+    fn revoke_jti(&self, jti: &str, exp: u64, now: u64) {
+        Revocations::revoke_jti(self, jti, exp, now)
+    }
+    fn is_jti_revoked(&self, jti: &str) -> bool {
+        Revocations::is_jti_revoked(self, jti)
+    }
+    fn revoke_user_before(&self, username: &str, at: u64) {
+        Revocations::revoke_user_before(self, username, at)
+    }
+    fn is_user_revoked(&self, username: &str, iat: u64) -> bool {
+        Revocations::is_user_revoked(self, username, iat)
+    }
+    fn prune_users(&self, older_than: u64) {
+        Revocations::prune_users(self, older_than)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,39 +262,5 @@ mod tests {
         r.prune_users(NOW - 50_000);
         assert!(!r.is_user_revoked("old", NOW - 200_000));
         assert!(r.is_user_revoked("new", NOW - 1));
-    }
-}
-
-/// Revocation state behind the live-state abstraction: what a shared store (Redis) implements so
-/// that several gateway instances agree on logouts. Lookups stay synchronous: they run on every
-/// JWT request, and a networked store would front itself with an in-memory copy.
-pub trait RevocationStore: Send + Sync + 'static {
-    /// Denies a token id until `exp`.
-    fn revoke_jti(&self, jti: &str, exp: u64, now: u64);
-    /// Whether a token id is denied.
-    fn is_jti_revoked(&self, jti: &str) -> bool;
-    /// Denies every token of `username` issued at or before `at`.
-    fn revoke_user_before(&self, username: &str, at: u64);
-    /// Whether a token of `username` issued at `iat` is denied.
-    fn is_user_revoked(&self, username: &str, iat: u64) -> bool;
-    /// Forgets per-user times at or before `older_than`.
-    fn prune_users(&self, older_than: u64);
-}
-
-impl RevocationStore for Revocations {
-    fn revoke_jti(&self, jti: &str, exp: u64, now: u64) {
-        Revocations::revoke_jti(self, jti, exp, now)
-    }
-    fn is_jti_revoked(&self, jti: &str) -> bool {
-        Revocations::is_jti_revoked(self, jti)
-    }
-    fn revoke_user_before(&self, username: &str, at: u64) {
-        Revocations::revoke_user_before(self, username, at)
-    }
-    fn is_user_revoked(&self, username: &str, iat: u64) -> bool {
-        Revocations::is_user_revoked(self, username, iat)
-    }
-    fn prune_users(&self, older_than: u64) {
-        Revocations::prune_users(self, older_than)
     }
 }

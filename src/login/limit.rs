@@ -87,6 +87,24 @@ impl LoginLimiter {
     }
 }
 
+/// Failed-login counters behind the live-state abstraction, so a shared store can carry them
+/// across gateway instances.
+pub trait LoginLimitStore: Send + Sync + 'static {
+    /// `Some(seconds to wait)` when the address or the username is over the limit.
+    fn check(&self, ip: IpAddr, username: &str) -> Option<u64>;
+    /// Counts one failure.
+    fn record_failure(&self, ip: IpAddr, username: &str);
+}
+
+impl LoginLimitStore for LoginLimiter {
+    fn check(&self, ip: IpAddr, username: &str) -> Option<u64> {
+        LoginLimiter::check(self, ip, username)
+    }
+    fn record_failure(&self, ip: IpAddr, username: &str) {
+        LoginLimiter::record_failure(self, ip, username)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,23 +131,5 @@ mod tests {
         let x: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
         let y: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
         assert_eq!(client_key(x), client_key(y));
-    }
-}
-
-/// Failed-login counters behind the live-state abstraction, so a shared store can carry them
-/// across gateway instances.
-pub trait LoginLimitStore: Send + Sync + 'static {
-    /// `Some(seconds to wait)` when the address or the username is over the limit.
-    fn check(&self, ip: IpAddr, username: &str) -> Option<u64>;
-    /// Counts one failure.
-    fn record_failure(&self, ip: IpAddr, username: &str);
-}
-
-impl LoginLimitStore for LoginLimiter {
-    fn check(&self, ip: IpAddr, username: &str) -> Option<u64> {
-        LoginLimiter::check(self, ip, username)
-    }
-    fn record_failure(&self, ip: IpAddr, username: &str) {
-        LoginLimiter::record_failure(self, ip, username)
     }
 }
