@@ -168,9 +168,17 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
         }
     };
     init_logging(config.log.format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One worker: a current-thread runtime serves everything on this thread, without the
+    // work-stealing scheduler's cross-thread wake-ups.
+    let mut builder = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.server.workers > 1 {
+        builder.worker_threads(config.server.workers);
+    }
+    let rt = builder.enable_all().build()?;
     rt.block_on(async move {
         let gw = Gateway::start(config).await?;
         {

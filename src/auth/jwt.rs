@@ -933,11 +933,11 @@ fn spki_key<'a>(der: &'a [u8], alg_id: &[u8]) -> Option<&'a [u8]> {
 fn hmac_secret(data: &[u8]) -> Result<Vec<u8>, String> {
     let secret = data.trim_ascii();
     if secret.starts_with(b"-----BEGIN") {
-        return Err("this is a PEM key, not an HS256 secret; use a random secret (authgate gen-jwt-key --algorithm HS256)".into());
+        return Err("this is a PEM key, not an HS256 secret; use a random secret (authgate gen-jwt-key --alg HS256)".into());
     }
     let lower = secret.to_ascii_lowercase();
     if WEAK_SECRETS.iter().any(|w| lower == w.as_bytes()) {
-        return Err("this is a well-known sample secret; generate a random one (authgate gen-jwt-key --algorithm HS256)".into());
+        return Err("this is a well-known sample secret; generate a random one (authgate gen-jwt-key --alg HS256)".into());
     }
     if secret.len() < MIN_HMAC_SECRET_LEN {
         return Err(format!(
@@ -949,7 +949,7 @@ fn hmac_secret(data: &[u8]) -> Result<Vec<u8>, String> {
     let periodic =
         (1..=secret.len() / 2).any(|p| secret[p..].iter().zip(secret).all(|(a, b)| a == b));
     if periodic {
-        return Err("HS256 secret is a repeated pattern; generate a random one (authgate gen-jwt-key --algorithm HS256)".into());
+        return Err("HS256 secret is a repeated pattern; generate a random one (authgate gen-jwt-key --alg HS256)".into());
     }
     Ok(secret.to_vec())
 }
