@@ -174,8 +174,10 @@ pub struct Live {
     pub token_cache: TokenCache,
     /// Failed-login counters.
     pub limiter: Arc<dyn LoginLimitStore>,
-    /// Bounds concurrent password verifications.
+    /// Bounds concurrent password verifications (and the queue in front of them).
     pub hash_pool: Arc<Semaphore>,
+    /// Low-priority threads that verify passwords.
+    pub hasher: crate::login::hashing::HashPool,
 }
 
 impl Live {
@@ -196,6 +198,7 @@ impl Live {
             ),
             limiter: Arc::new(LoginLimiter::new(a.login_failures_per_minute)),
             hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
+            hasher: crate::login::hashing::HashPool::new(a.login_concurrency),
         }
     }
 }

@@ -1,8 +1,12 @@
-//! Password hashes: argon2id PHC strings (and bcrypt for htpasswd imports), checked at load and
-//! verified on a bounded blocking pool so that hashing never stalls the proxy.
+//! Password hashes: argon2id PHC strings (and bcrypt for htpasswd imports), parsed and checked at
+//! load, verified on the low-priority hashing threads (`login::hashing`).
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use argon2::Argon2;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use argon2::password_hash::PasswordHash;
+use argon2::{Argon2, Block};
+use subtle::ConstantTimeEq;
 
 /// argon2 memory cost bounds in KiB: below 8 MiB is too cheap to resist GPUs; above 1 GiB a
 /// handful of logins would exhaust the machine.
@@ -16,11 +20,20 @@ const BCRYPT_COST: std::ops::RangeInclusive<u32> = 8..=16;
 /// bcrypt only reads 72 bytes of password; longer ones are refused instead of silently truncated.
 pub const BCRYPT_MAX_PASSWORD: usize = 72;
 
+/// An argon2 hash with everything parsed once at load.
+pub struct PreparedArgon2 {
+    algorithm: argon2::Algorithm,
+    version: argon2::Version,
+    params: argon2::Params,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
 /// A parsed, validated password hash.
 #[derive(Clone)]
 pub enum PasswordHashKind {
-    /// argon2 PHC string.
-    Argon2(String),
+    /// argon2 (from a PHC string).
+    Argon2(Arc<PreparedArgon2>),
     /// bcrypt `$2b$`/`$2y$`/`$2a$`.
     Bcrypt(String),
 }
@@ -82,19 +95,53 @@ pub fn check_hash(s: &str) -> Result<PasswordHashKind, String> {
             params.p_cost()
         ));
     }
-    if h.hash.is_none() || h.salt.is_none() {
+    let (Some(salt), Some(hash)) = (h.salt, h.hash) else {
         return Err("argon2 PHC string lacks salt or hash".into());
-    }
-    Ok(PasswordHashKind::Argon2(s.to_string()))
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt = salt
+        .decode_b64(&mut salt_buf)
+        .map_err(|e| format!("invalid argon2 salt: {e}"))?
+        .to_vec();
+    let algorithm = argon2::Algorithm::new(h.algorithm.as_str()).map_err(|e| e.to_string())?;
+    let version = match h.version {
+        Some(v) => argon2::Version::try_from(v).map_err(|e| e.to_string())?,
+        None => argon2::Version::V0x13,
+    };
+    Ok(PasswordHashKind::Argon2(Arc::new(PreparedArgon2 {
+        algorithm,
+        version,
+        params,
+        salt,
+        hash: hash.as_bytes().to_vec(),
+    })))
+}
+
+thread_local! {
+    /// argon2 working memory, kept per hashing thread: allocating (and page-faulting) 19 MiB per
+    /// login, then returning it to the OS, costs milliseconds of kernel time and TLB shootdowns
+    /// that interrupt the proxy's threads too.
+    static ARGON2_MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+fn verify_argon2(p: &PreparedArgon2, password: &[u8]) -> bool {
+    let a = Argon2::new(p.algorithm, p.version, p.params.clone());
+    let mut out = vec![0u8; p.hash.len()];
+    let n = p.params.block_count();
+    let done = ARGON2_MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() < n {
+            m.resize(n, Block::default());
+        }
+        a.hash_password_into_with_memory(password, &p.salt, &mut out, &mut m[..n])
+    });
+    done.is_ok() && bool::from(out.ct_eq(&p.hash))
 }
 
 /// Verifies a password. CPU-heavy: call on the blocking pool.
 pub fn verify(hash: &PasswordHashKind, password: &[u8]) -> bool {
     match hash {
-        PasswordHashKind::Argon2(phc) => match PasswordHash::new(phc) {
-            Ok(h) => Argon2::default().verify_password(password, &h).is_ok(),
-            Err(_) => false,
-        },
+        PasswordHashKind::Argon2(p) => verify_argon2(p, password),
         PasswordHashKind::Bcrypt(h) => {
             if password.len() > BCRYPT_MAX_PASSWORD {
                 // Still burn the time so that length does not show in timing.
@@ -124,7 +171,8 @@ pub fn hash(password: &[u8]) -> Result<String, String> {
 pub fn dummy_hash() -> PasswordHashKind {
     let mut pw = [0u8; 32];
     let _ = getrandom::fill(&mut pw);
-    PasswordHashKind::Argon2(hash(&pw).expect("argon2 hashing with constant parameters"))
+    check_hash(&hash(&pw).expect("argon2 hashing with constant parameters"))
+        .expect("our own hash parses")
 }
 
 #[cfg(test)]

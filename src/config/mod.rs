@@ -39,8 +39,16 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const DEFAULT_MAX_SESSIONS: u64 = 1_000_000;
 /// Failed logins per minute, per client address and per username, before 429.
 pub const DEFAULT_LOGIN_FAILURES_PER_MINUTE: u32 = 5;
-/// Concurrent password verifications (argon2 uses ~19 MiB each); the rest queue.
-pub const DEFAULT_LOGIN_CONCURRENCY: usize = 4;
+/// Upper bound of the default number of concurrent password verifications: each hashing thread
+/// keeps its argon2 working memory (~19 MiB at the recommended cost); more logins queue.
+pub const DEFAULT_LOGIN_CONCURRENCY_MAX: usize = 4;
+
+/// Default hashing threads: one per core, at most [`DEFAULT_LOGIN_CONCURRENCY_MAX`].
+pub fn default_login_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(DEFAULT_LOGIN_CONCURRENCY_MAX)
+}
 /// JWT lifetime before a sliding re-issue is needed.
 pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(15 * 60);
 /// Clock skew tolerated on exp/nbf/iat (jsonwebtoken's 60 s default is too generous).
@@ -712,7 +720,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     let login_concurrency = raw
         .auth
         .login_concurrency
-        .unwrap_or(DEFAULT_LOGIN_CONCURRENCY);
+        .unwrap_or_else(default_login_concurrency);
     if login_concurrency == 0 {
         c.err("auth.login_concurrency", "must be at least 1");
     }

@@ -1,6 +1,7 @@
 //! Gateway endpoints under `/.auth/`: login, logout, me, verify, jwks, health. One login flow for
 //! both authentication modes; only the credential minted at the end differs.
 
+pub mod hashing;
 pub mod limit;
 pub mod page;
 
@@ -392,20 +393,23 @@ async fn login_post(
     let password = form.password;
     let known = user.is_some();
     let (state, username) = (Arc::clone(shared), form.username.clone());
-    let ok = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        // Hash first, whether or not the user exists, so that both take the same time.
-        let matched = crate::auth::password::verify(&hash, password.as_bytes());
-        let ok = matched && known;
-        // Recorded before the slot is released (and even if the client has gone), so that the
-        // next queued attempt's check sees it.
-        if !ok {
-            state.live.limiter.record_failure(ip, &username);
-        }
-        ok
-    })
-    .await
-    .map_err(|e| GatewayError::Internal(format!("password check panicked: {e}")))?;
+    let ok = shared
+        .live
+        .hasher
+        .run(move || {
+            let _permit = permit;
+            // Hash first, whether or not the user exists, so that both take the same time.
+            let matched = crate::auth::password::verify(&hash, password.as_bytes());
+            let ok = matched && known;
+            // Recorded before the slot is released (and even if the client has gone), so that the
+            // next queued attempt's check sees it.
+            if !ok {
+                state.live.limiter.record_failure(ip, &username);
+            }
+            ok
+        })
+        .await
+        .map_err(GatewayError::Internal)?;
 
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(client = %ip, "login failed");
