@@ -87,8 +87,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    // One pass over the (few) names present instead of a hash lookup per hop-by-hop name.
+    let mut doomed: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) {
+            doomed.get_or_insert_with(Vec::new).push(name.clone());
+        }
+    }
+    for n in doomed.into_iter().flatten() {
+        headers.remove(n);
     }
     upgrade
 }

@@ -347,11 +347,11 @@ pub fn decide<B>(
 /// Handles one request end to end.
 pub async fn handle(
     shared: Arc<Shared>,
+    rt: Arc<Runtime>,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: HeaderValue,
 ) -> Response<Body> {
-    let rt = shared.runtime.load_full();
     let html = wants_html(req.headers());
     match decide(&rt, &shared.live, &mut req, conn, &request_id) {
         Decision::Respond(r) => r,

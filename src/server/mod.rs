@@ -344,6 +344,18 @@ async fn serve_io<I>(
     }
 }
 
+/// A request id: 16 hex digits, a per-process random prefix then a counter (no formatting
+/// machinery on the hot path).
+fn request_id(prefix: u32, seq: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let v = (u64::from(prefix) << 32) ^ seq;
+    let mut buf = [0u8; 16];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+}
+
 /// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
 /// no headers).
 async fn logged(
@@ -351,23 +363,24 @@ async fn logged(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
 ) -> Response<Body> {
-    let start = Instant::now();
+    let rt = shared.runtime.load_full();
+    let access = rt.config.log.access_log;
+    let start = access.then(Instant::now);
     let seq = shared.request_seq.fetch_add(1, Ordering::Relaxed);
-    let rid = format!("{:08x}{:08x}", shared.request_prefix, seq);
-    let rid_value = HeaderValue::from_str(&rid).expect("hex is a valid header value");
-    let access = shared.runtime.load().config.log.access_log;
+    let rid_value = request_id(shared.request_prefix, seq);
     let method = access.then(|| req.method().clone());
     let path = access.then(|| req.uri().path().to_owned());
     let version = req.version();
-    let mut resp = handle(shared, req, &conn, rid_value.clone()).await;
+    let mut resp = handle(shared, rt, req, &conn, rid_value.clone()).await;
+    let rid = rid_value.clone();
     resp.headers_mut()
         .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
-    if let (Some(method), Some(path)) = (method, path) {
+    if let (Some(method), Some(path), Some(start)) = (method, path, start) {
         let route = resp.extensions().get::<RouteLabel>().map(|r| r.0.clone());
         let bytes = resp.body().size_hint().exact();
         tracing::info!(
             target: "access",
-            request_id = %rid,
+            request_id = rid.to_str().unwrap_or("-"),
             client = %conn.peer,
             method = %method,
             path = %path,
