@@ -1,0 +1,176 @@
+//! Reload and process lifecycle: snapshot swaps keep live state, failed reloads keep the old
+//! snapshot, and the real binary serves, reloads on SIGHUP and exits 0 on SIGTERM.
+mod support;
+use support::*;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn config(upstream: &str, extra_route: &str) -> String {
+    format!(
+        "{}[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\naccess = \"authenticated\"\n\n{extra_route}",
+        user_toml("alice", &["staff"])
+    )
+}
+
+#[tokio::test]
+async fn reload_valid_config_swaps_routes_and_keeps_sessions() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&up.url(), "")).await;
+    let cookie = login_json(&gw, "alice", PASSWORD).await;
+    let c = client();
+    let r = c.get(gw.url("/open")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "before reload /open needs a login");
+
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let new_text = format!(
+        "{text}\n[[routes]]\npath_prefix = \"/open\"\nupstream = \"{}\"\naccess = \"public\"\n",
+        up.url()
+    );
+    std::fs::write(&gw.config_path, new_text).unwrap();
+    gw.gateway()
+        .reload(authgate::Config::load(&gw.config_path).unwrap())
+        .unwrap();
+
+    let r = c.get(gw.url("/open")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the new public route is live");
+    let r = c
+        .get(gw.url("/x"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the session survived the reload");
+    assert_eq!(up.last().one("x-forwarded-user").as_deref(), Some("alice"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_failing_snapshot_build_keeps_old_configuration() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&up.url(), "")).await;
+    let cookie = login_json(&gw, "alice", PASSWORD).await;
+    // Valid TOML whose snapshot cannot be built: a JWT key file that is not a key.
+    let bad_key = gw.dir.path().join("not-a-key.pem");
+    std::fs::write(&bad_key, "garbage").unwrap();
+    let text = std::fs::read_to_string(&gw.config_path).unwrap().replace(
+        "[[users]]",
+        &format!(
+            "[auth]\nmode = \"jwt\"\n[auth.jwt]\nsigning_key = \"{}\"\n\n[[users]]",
+            bad_key.display()
+        ),
+    );
+    let cfg = authgate::Config::from_toml_str(&text, &gw.config_path).unwrap();
+    let err = gw.gateway().reload(cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("auth.jwt.signing_key"),
+        "error names the key: {err}"
+    );
+    let r = client()
+        .get(gw.url("/x"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "old snapshot (session mode) still serves");
+    gw.shutdown().await;
+}
+
+/// Starts the real binary on an ephemeral port; returns the child and the address it logged.
+fn spawn_binary(
+    config: &std::path::Path,
+) -> (
+    std::process::Child,
+    String,
+    BufReader<std::process::ChildStderr>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("AUTHGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "binary exited before listening"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening (http)" {
+            break v["addr"].as_str().unwrap().to_string();
+        }
+    };
+    (child, addr, err)
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn binary_reloads_on_sighup_and_exits_zero_on_sigterm() {
+    init();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{}",
+        config(&up.url(), "")
+    );
+    std::fs::write(&path, &base).unwrap();
+    let (mut child, addr, mut stderr) = spawn_binary(&path);
+    let c = client();
+    let r = c.get(format!("http://{addr}/open")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[[routes]]\npath_prefix = \"/open\"\nupstream = \"{}\"\naccess = \"public\"\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    // Wait for the reload's log line (not a sleep): the binary says when the swap happened.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "binary exited during reload"
+        );
+        if line.contains("configuration reloaded") {
+            break;
+        }
+    }
+    let r = c.get(format!("http://{addr}/open")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "SIGHUP applied the new route");
+
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        // Drain stderr so the child never blocks on a full pipe.
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        child.wait().unwrap()
+    });
+    let status = tokio::time::timeout(Duration::from_secs(30), status)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "graceful exit");
+}
