@@ -1049,3 +1049,37 @@ async fn connection_cap_third_connection_waits_until_one_closes() {
     drop(held);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_upstream_with_route_tls_ca_is_reached_and_unknown_ca_is_502() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let (up, ca) = Upstream::start_tls(dir.path()).await;
+    let port = up.addr.port();
+    let gw = TestGateway::start(&format!(
+        "[[routes]]\npath_prefix = \"/trusted\"\nupstream = \"https://localhost:{port}\"\naccess = \"public\"\ntls_ca = \"{}\"\n\n\
+         [[routes]]\npath_prefix = \"/untrusted\"\nupstream = \"https://localhost:{port}\"\naccess = \"public\"\n",
+        ca.display()
+    ))
+    .await;
+    let r = client()
+        .post(gw.url("/trusted/x?q=1"))
+        .body("over tls")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "over tls");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/trusted/x?q=1");
+    assert_eq!(seen.one("host").unwrap(), format!("localhost:{port}"));
+    let before = up.count();
+    let r = client().get(gw.url("/untrusted/x")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "a certificate from an unknown CA is refused"
+    );
+    assert_eq!(up.count(), before, "nothing reached the upstream");
+    gw.shutdown().await;
+}

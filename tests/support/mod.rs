@@ -87,6 +87,53 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
+    /// The same upstream behind TLS, with a fresh self-signed certificate for `localhost` and
+    /// 127.0.0.1 written to `dir/upstream-ca.pem` (what a route's `tls_ca` points at).
+    pub async fn start_tls(dir: &std::path::Path) -> (Upstream, std::path::PathBuf) {
+        use rustls_pki_types::pem::PemObject;
+        init();
+        let cert = dir.join("upstream-ca.pem");
+        let key = dir.join("upstream-key.pem");
+        authgate::server::tls::generate_dev_cert(
+            &cert,
+            &key,
+            &["localhost".to_string(), "127.0.0.1".to_string()],
+        )
+        .unwrap();
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+        let cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let s2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = l.accept().await else {
+                    return;
+                };
+                let (seen, acceptor) = (s2.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req| upstream_handler(req, seen.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (Upstream { addr, seen }, cert)
+    }
+
     /// Requests seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
