@@ -174,3 +174,79 @@ async fn binary_reloads_on_sighup_and_exits_zero_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "graceful exit");
 }
+
+#[tokio::test]
+async fn access_log_has_one_line_per_request_and_never_secrets() {
+    init();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{}",
+            config(&up.url(), "")
+        ),
+    )
+    .unwrap();
+    let (mut child, addr, mut stderr) = spawn_binary(&path);
+    let c = client();
+    let login = c
+        .post(format!("http://{addr}/.auth/login"))
+        .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookie_pair(&login).unwrap();
+    let session_value = cookie.split_once('=').unwrap().1.to_string();
+    let r = c
+        .get(format!("http://{addr}/app?token=QUERYSECRET123"))
+        .header("cookie", format!("{cookie}; other=COOKIESECRET456"))
+        .header("authorization", "Bearer AUTHSECRET789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let bad = c
+        .post(format!("http://{addr}/.auth/login"))
+        .json(&serde_json::json!({"username": "alice", "password": "WRONGPASSWORD000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    signal(&child, "TERM");
+    let log = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        child.wait().unwrap();
+        rest
+    })
+    .await
+    .unwrap();
+    for secret in [
+        session_value.as_str(),
+        "QUERYSECRET123",
+        "COOKIESECRET456",
+        "AUTHSECRET789",
+        PASSWORD,
+        "WRONGPASSWORD000",
+    ] {
+        assert!(!log.contains(secret), "log contains a secret: {secret}");
+    }
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 3, "one access line per request: {access:?}");
+    let line = access
+        .iter()
+        .find(|v| v["request_id"] == rid.as_str())
+        .expect("request id logged");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/app");
+    assert_eq!(line["status"], 200);
+    assert!(line["route"].as_str().unwrap().starts_with("routes[0]"));
+    assert!(line["latency_us"].is_u64() && line.get("bytes").is_some());
+}
