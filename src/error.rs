@@ -51,6 +51,9 @@ pub enum GatewayError {
     /// Upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The gateway is at its connection limit (a new tunnel would exceed it).
+    #[error("connection limit reached")]
+    Overloaded,
     /// Something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -70,6 +73,7 @@ impl GatewayError {
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +95,7 @@ impl GatewayError {
                 "the upstream service is unavailable"
             }
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
+            GatewayError::Overloaded => "the gateway is at its connection limit; try again later",
             GatewayError::Internal(_) => "internal error",
         }
     }

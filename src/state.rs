@@ -139,6 +139,7 @@ impl Runtime {
                 strip_names.push(norm);
             }
         }
+        let dummy_hash = crate::auth::password::dummy_hash_like(users.iter().map(|u| &u.hash));
         Ok(Runtime {
             router: Router::new(routes),
             users,
@@ -147,7 +148,7 @@ impl Runtime {
             clients,
             jwt,
             tls,
-            dummy_hash: crate::auth::password::dummy_hash(),
+            dummy_hash,
             config,
         })
     }
@@ -217,12 +218,15 @@ pub struct Shared {
     pub request_seq: AtomicU64,
     /// Random per-process prefix for request ids.
     pub request_prefix: u32,
+    /// Connection cap (`server.max_connections`): held by every connection and every tunnel.
+    pub conn_limit: Arc<Semaphore>,
 }
 
 impl Shared {
     /// Builds shared state from a first snapshot.
     pub fn new(runtime: Runtime) -> Arc<Shared> {
         let live = Live::new(&runtime.config);
+        let conn_limit = Arc::new(Semaphore::new(runtime.config.server.max_connections));
         let mut p = [0u8; 4];
         let _ = getrandom::fill(&mut p);
         Arc::new(Shared {
@@ -232,6 +236,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             request_seq: AtomicU64::new(0),
             request_prefix: u32::from_le_bytes(p),
+            conn_limit,
         })
     }
 }

@@ -1083,3 +1083,111 @@ async fn https_upstream_with_route_tls_ca_is_reached_and_unknown_ca_is_502() {
     assert_eq!(up.count(), before, "nothing reached the upstream");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn path_parameters_before_the_last_segment_and_bad_host_headers_answer_400() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[[routes]]\npath_prefix = \"/\"\nupstream = \"{u}\"\naccess = \"public\"\n\n\
+         [[routes]]\npath_prefix = \"/admin\"\nupstream = \"{u}\"\naccess = \"authenticated\"\n",
+        u = up.url()
+    ))
+    .await;
+    for path in ["/;/admin/users", "/x;y/admin", "/public;a=b/admin/x"] {
+        let resp = raw_request(
+            gw.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "{path}: {resp}");
+    }
+    for host in ["evil.com?.example.com", "a.com:80x", "a b"] {
+        let resp = raw_request(
+            gw.addr,
+            &format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 400, "Host {host}: {resp}");
+    }
+    let resp = raw_request(
+        gw.addr,
+        "GET / HTTP/1.1\r\nHost: a.com\r\nHost: b.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "two Host headers: {resp}");
+    assert_eq!(up.count(), 0, "nothing reached the upstream");
+    // Parameters in the last segment still work (e.g. ;jsessionid=), on the matching route.
+    let resp = raw_request(
+        gw.addr,
+        "GET /page;jsessionid=1 HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn dual_stack_listener_trusts_ipv4_proxy_by_its_ipv4_address() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nlisten = \"[::]:0\"\npublic_url = \"http://gateway.test\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"{}\"\naccess = \"public\"\n",
+        up.url()
+    ))
+    .await;
+    let url = format!("http://127.0.0.1:{}/x", gw.addr.port());
+    let r = client()
+        .get(url)
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.last().one("x-forwarded-for").unwrap(),
+        "203.0.113.7, 127.0.0.1",
+        "the IPv4-mapped peer is the trusted 127.0.0.1"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_tunnel_keeps_its_connection_slot_under_max_connections() {
+    use futures_util::{SinkExt, StreamExt};
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\nmax_connections = 1\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"{}\"\naccess = \"public\"\n",
+        up.url()
+    ))
+    .await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", gw.addr), stream)
+        .await
+        .unwrap();
+    ws.send("hi".into()).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "hi");
+    // The tunnel holds the only slot: a new connection is not served while it is open.
+    let waiting = tokio::spawn({
+        let url = gw.url("/x");
+        async move { client().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let mut waiting = waiting;
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+    assert!(
+        early.is_err(),
+        "a second connection was served while the tunnel held the only slot"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "served once the tunnel closed");
+    gw.shutdown().await;
+}

@@ -1394,3 +1394,37 @@ async fn concurrent_logins_all_succeed_while_authenticated_requests_proceed() {
     }
     assert_eq!(ids.len(), 20);
 }
+
+#[tokio::test]
+async fn login_rate_limit_behind_trusted_proxy_keys_on_last_forwarded_hop_across_lines() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
+         [auth]\nlogin_failures_per_minute = 2\n\n{}[[routes]]\npath_prefix = \"/\"\nupstream = \"{}\"\n",
+        user_toml("alice", &[]),
+        up.url()
+    ))
+    .await;
+    let attempt = |user: &'static str, lines: Vec<&'static str>| {
+        let url = gw.url("/.auth/login");
+        async move {
+            let mut rb = client()
+                .post(url)
+                .json(&serde_json::json!({"username": user, "password": "wrong"}));
+            for l in lines {
+                rb = rb.header("x-forwarded-for", l);
+            }
+            rb.send().await.unwrap().status().as_u16()
+        }
+    };
+    // The proxy added its own line after the client's: the client is the last hop, 10.9.9.9.
+    assert_eq!(attempt("u1", vec!["198.51.100.1", "10.9.9.9"]).await, 401);
+    assert_eq!(attempt("u2", vec!["198.51.100.2", "10.9.9.9"]).await, 401);
+    // A third failure from 10.9.9.9 with yet another spoofed first line is still limited.
+    assert_eq!(attempt("u3", vec!["198.51.100.3", "10.9.9.9"]).await, 429);
+    assert_eq!(attempt("u4", vec!["198.51.100.4, 10.9.9.9"]).await, 429);
+    // Another client address behind the same proxy is not.
+    assert_eq!(attempt("u5", vec!["10.8.8.8"]).await, 401);
+    gw.shutdown().await;
+}

@@ -166,13 +166,65 @@ pub fn hash(password: &[u8]) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A hash of a random password at the default cost: verified for unknown users so that an unknown
-/// username takes as long as a wrong password.
-pub fn dummy_hash() -> PasswordHashKind {
+/// Cost profile of a hash: two hashes with the same profile take the same time to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Profile {
+    Argon2(argon2::Algorithm, argon2::Version, u32, u32, u32, usize),
+    Bcrypt(u32),
+}
+
+fn profile(h: &PasswordHashKind) -> Profile {
+    match h {
+        PasswordHashKind::Argon2(p) => Profile::Argon2(
+            p.algorithm,
+            p.version,
+            p.params.m_cost(),
+            p.params.t_cost(),
+            p.params.p_cost(),
+            p.hash.len(),
+        ),
+        PasswordHashKind::Bcrypt(h) => {
+            Profile::Bcrypt(h.get(4..6).and_then(|c| c.parse().ok()).unwrap_or(12))
+        }
+    }
+}
+
+/// A hash of a random password, verified for unknown users so that an unknown username takes as
+/// long as a wrong password. It copies the cost profile most users have (argon2 parameters or
+/// bcrypt cost), or the default profile when there are no users; only users whose hash has an
+/// unusual profile remain distinguishable by timing.
+pub fn dummy_hash_like<'a>(hashes: impl Iterator<Item = &'a PasswordHashKind>) -> PasswordHashKind {
+    let mut counts: Vec<(Profile, usize)> = Vec::new();
+    for h in hashes {
+        let p = profile(h);
+        match counts.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((p, 1)),
+        }
+    }
     let mut pw = [0u8; 32];
     let _ = getrandom::fill(&mut pw);
-    check_hash(&hash(&pw).expect("argon2 hashing with constant parameters"))
-        .expect("our own hash parses")
+    let made = match counts.into_iter().max_by_key(|(_, n)| *n).map(|(p, _)| p) {
+        Some(Profile::Bcrypt(cost)) => bcrypt::hash(pw, cost).map_err(|e| e.to_string()),
+        Some(Profile::Argon2(alg, ver, m, t, p, len)) => {
+            use argon2::password_hash::{PasswordHasher, SaltString};
+            let mut salt = [0u8; 16];
+            let _ = getrandom::fill(&mut salt);
+            argon2::Params::new(m, t, p, Some(len))
+                .map_err(|e| e.to_string())
+                .and_then(|params| {
+                    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+                    Argon2::new(alg, ver, params)
+                        .hash_password(&pw, &salt)
+                        .map(|h| h.to_string())
+                        .map_err(|e| e.to_string())
+                })
+        }
+        None => hash(&pw),
+    };
+    made.and_then(|h| check_hash(&h))
+        .or_else(|_| hash(&pw).and_then(|h| check_hash(&h)))
+        .expect("argon2 hashing with default parameters")
 }
 
 #[cfg(test)]
@@ -199,6 +251,17 @@ mod tests {
                 .unwrap_err()
                 .contains("time cost")
         );
+    }
+
+    #[test]
+    fn dummy_hash_like_copies_the_most_common_profile() {
+        let b = check_hash(&bcrypt::hash("x", 9).unwrap()).unwrap();
+        let a = check_hash(&hash(b"y").unwrap()).unwrap();
+        let d = dummy_hash_like([&b, &b, &a].into_iter());
+        assert_eq!(profile(&d), profile(&b));
+        let d = dummy_hash_like([&a].into_iter());
+        assert_eq!(profile(&d), profile(&a));
+        assert!(!verify(&d, b"y"), "the dummy never matches a real password");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn remove_user(&self, username: &str);
     /// Drops expired sessions from memory; returns how many.
     fn sweep(&self) -> usize;
+    /// Applies new limits (config reload); existing sessions are judged by them from now on.
+    fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64);
     /// Number of stored sessions (expired ones count until swept).
     fn len(&self) -> u64;
     /// Whether none are stored.
@@ -73,9 +75,13 @@ pub struct MemorySessionStore {
     map: DashMap<SessionKey, Slot>,
     epoch: Instant,
     epoch_unix: u64,
-    idle_ms: u64,
-    lifetime_ms: u64,
-    max_sessions: usize,
+    idle_ms: AtomicU64,
+    lifetime_ms: AtomicU64,
+    max_sessions: AtomicU64,
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 impl MemorySessionStore {
@@ -85,9 +91,9 @@ impl MemorySessionStore {
             map: DashMap::new(),
             epoch: Instant::now(),
             epoch_unix: unix_now(),
-            idle_ms: idle.as_millis().min(u64::MAX as u128) as u64,
-            lifetime_ms: max_lifetime.as_millis().min(u64::MAX as u128) as u64,
-            max_sessions: usize::try_from(max_sessions).unwrap_or(usize::MAX).max(1),
+            idle_ms: AtomicU64::new(millis(idle)),
+            lifetime_ms: AtomicU64::new(millis(max_lifetime)),
+            max_sessions: AtomicU64::new(max_sessions.max(1)),
         }
     }
 
@@ -98,17 +104,19 @@ impl MemorySessionStore {
 
     #[inline]
     fn expired(&self, s: &Slot, now: u64) -> bool {
-        now.saturating_sub(s.created_ms) >= self.lifetime_ms
-            || now.saturating_sub(s.last_ms.load(Ordering::Relaxed)) >= self.idle_ms
+        now.saturating_sub(s.created_ms) >= self.lifetime_ms.load(Ordering::Relaxed)
+            || now.saturating_sub(s.last_ms.load(Ordering::Relaxed))
+                >= self.idle_ms.load(Ordering::Relaxed)
     }
 
     /// Makes room for one more session: sweep, then evict the least recently used of a sample.
     fn make_room(&self) {
-        if self.map.len() < self.max_sessions {
+        let max = usize::try_from(self.max_sessions.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        if self.map.len() < max {
             return;
         }
         self.sweep();
-        while self.map.len() >= self.max_sessions {
+        while self.map.len() >= max {
             let victim = self
                 .map
                 .iter()
@@ -208,6 +216,14 @@ impl SessionStore for MemorySessionStore {
         before.saturating_sub(self.map.len())
     }
 
+    fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64) {
+        self.idle_ms.store(millis(idle), Ordering::Relaxed);
+        self.lifetime_ms
+            .store(millis(max_lifetime), Ordering::Relaxed);
+        self.max_sessions
+            .store(max_sessions.max(1), Ordering::Relaxed);
+    }
+
     fn len(&self) -> u64 {
         self.map.len() as u64
     }
@@ -249,6 +265,18 @@ mod tests {
         assert!(
             s.get(ids.last().unwrap()).is_some(),
             "the newest session survives"
+        );
+    }
+
+    #[test]
+    fn session_set_limits_applies_to_existing_sessions() {
+        let s = MemorySessionStore::new(Duration::from_secs(600), Duration::from_secs(600), 10);
+        let id = s.create(Arc::from("u")).unwrap();
+        assert!(s.get(&id).is_some());
+        s.set_limits(Duration::from_secs(600), Duration::ZERO, 10);
+        assert!(
+            s.get(&id).is_none(),
+            "a shorter max_lifetime applies on reload"
         );
     }
 

@@ -123,6 +123,11 @@ impl Users {
         self.by_name.get(name)
     }
 
+    /// Every user.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.by_name.values()
+    }
+
     /// Whether any demo user is enabled.
     pub fn has_demo(&self) -> bool {
         self.by_name.values().any(|u| u.demo)

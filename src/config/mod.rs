@@ -1062,6 +1062,15 @@ fn validate_route(
     {
         c.err(key("path_prefix"), format!("{prefix:?} must start with '/' and be a plain path (no '//', dot segments, '%', '\\', '?', '#')"));
     }
+    if !prefix
+        .bytes()
+        .all(|b| crate::pipeline::path::plain(b) || b == b'.')
+    {
+        c.err(
+            key("path_prefix"),
+            format!("{prefix:?} may only use letters, digits and - . _ ~ ! $ & ' ( ) * + , = : @ / (a normalised request path could never match anything else)"),
+        );
+    }
     let path_prefix = prefix.trim_end_matches('/').to_string();
     if path_prefix == "/.auth" || path_prefix.starts_with("/.auth/") {
         c.err(

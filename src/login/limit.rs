@@ -22,7 +22,7 @@ struct Counter {
 
 /// Failed-login counters.
 pub struct LoginLimiter {
-    limit: u32,
+    limit: AtomicU32,
     by_addr: Cache<IpAddr, Arc<Counter>>,
     by_user: Cache<String, Arc<Counter>>,
 }
@@ -45,7 +45,7 @@ impl LoginLimiter {
     /// `limit` failures per window, per address and per username.
     pub fn new(limit: u32) -> Self {
         LoginLimiter {
-            limit,
+            limit: AtomicU32::new(limit),
             by_addr: Cache::builder()
                 .max_capacity(MAX_KEYS)
                 .time_to_live(WINDOW)
@@ -60,7 +60,7 @@ impl LoginLimiter {
     /// `Some(seconds to wait)` when either the address or the username is over the limit.
     pub fn check(&self, ip: IpAddr, username: &str) -> Option<u64> {
         let over = |c: Option<Arc<Counter>>| {
-            c.filter(|c| c.failures.load(Ordering::Relaxed) >= self.limit)
+            c.filter(|c| c.failures.load(Ordering::Relaxed) >= self.limit.load(Ordering::Relaxed))
                 .map(|c| WINDOW.saturating_sub(c.started.elapsed()).as_secs().max(1))
         };
         let a = over(self.by_addr.get(&client_key(ip)));
@@ -94,6 +94,8 @@ pub trait LoginLimitStore: Send + Sync + 'static {
     fn check(&self, ip: IpAddr, username: &str) -> Option<u64>;
     /// Counts one failure.
     fn record_failure(&self, ip: IpAddr, username: &str);
+    /// Applies a new limit (config reload).
+    fn set_limit(&self, limit: u32);
 }
 
 impl LoginLimitStore for LoginLimiter {
@@ -102,6 +104,9 @@ impl LoginLimitStore for LoginLimiter {
     }
     fn record_failure(&self, ip: IpAddr, username: &str) {
         LoginLimiter::record_failure(self, ip, username)
+    }
+    fn set_limit(&self, limit: u32) {
+        self.limit.store(limit.max(1), Ordering::Relaxed);
     }
 }
 

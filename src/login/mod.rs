@@ -322,10 +322,11 @@ fn parse_login(kind: &Kind, body: &[u8]) -> Result<LoginForm, GatewayError> {
     }
 }
 
-/// The client address for rate limiting: the socket peer, or the last X-Forwarded-For hop when
-/// the peer is a trusted proxy (untrusted peers' X-Forwarded-For was stripped already).
+/// The client address for rate limiting: the socket peer, or — when the peer is a trusted proxy —
+/// the last hop of `X-Forwarded-For` read across every header line (a proxy may add its own line
+/// after the client's; untrusted peers' `X-Forwarded-For` was stripped already).
 fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
-    let peer = conn.peer.ip();
+    let peer = conn.ip;
     if rt
         .config
         .server
@@ -333,13 +334,18 @@ fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
         .iter()
         .any(|n| n.contains(&peer))
     {
-        if let Some(ip) = h
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.rsplit(',').next())
-            .and_then(|s| s.trim().parse().ok())
-        {
-            return ip;
+        let last = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .rfind(|s| !s.is_empty());
+        if let Some(ip) = last.and_then(|s| s.parse::<IpAddr>().ok()) {
+            return match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+                v4 => v4,
+            };
         }
     }
     peer

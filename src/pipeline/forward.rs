@@ -78,6 +78,7 @@ pub fn build_client(extra_ca: Option<&Path>) -> Result<UpstreamClient, String> {
 /// one: then a 101 answer turns into a byte tunnel tracked for graceful shutdown.
 pub async fn forward(
     shared: &Arc<Shared>,
+    conn: &crate::pipeline::ConnInfo,
     client: &UpstreamClient,
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
@@ -106,9 +107,20 @@ pub async fn forward(
                 "upstream switched protocols unasked".into(),
             ));
         };
+        // The tunnel outlives its HTTP connection, so it takes over the connection's slot under
+        // `max_connections` (where the connection has none to give, it needs a free one).
+        let tunnel_permit = match conn.take_permit() {
+            Some(p) => p,
+            None => shared
+                .conn_limit
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| GatewayError::Overloaded)?,
+        };
         let proto = resp.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         shared.tunnels.spawn(async move {
+            let _permit = tunnel_permit;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
                     let mut c = TokioIo::new(c);

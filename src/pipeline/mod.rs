@@ -27,14 +27,20 @@ use headers::{remove_cookies, remove_hop_by_hop, set_forwarded, strip_normalized
 use route::Route;
 
 /// What the gateway knows about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     /// The socket peer.
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The peer's IP in canonical form (IPv4-mapped IPv6 addresses of a dual-stack listener read
+    /// as IPv4), used for every trust and rate-limit decision.
+    pub ip: std::net::IpAddr,
     /// The peer address as an `X-Forwarded-For` value, built once per connection.
     pub peer_value: HeaderValue,
+    /// The connection's slot under `max_connections`; an upgraded tunnel takes it over, since
+    /// the tunnel outlives the HTTP connection.
+    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl ConnInfo {
@@ -51,8 +57,23 @@ impl ConnInfo {
         ConnInfo {
             peer,
             tls,
+            ip,
             peer_value,
+            permit: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Attaches the connection's slot under `max_connections`.
+    pub fn with_permit(self, permit: tokio::sync::OwnedSemaphorePermit) -> ConnInfo {
+        if let Ok(mut p) = self.permit.lock() {
+            *p = Some(permit);
+        }
+        self
+    }
+
+    /// Takes the connection's slot (for a tunnel that replaces the connection).
+    pub fn take_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permit.lock().ok().and_then(|mut p| p.take())
     }
 }
 
@@ -123,6 +144,9 @@ pub fn normalize_phase<B>(req: &Request<B>) -> Result<String, GatewayError> {
                 path::PathError::BadEncoding => "malformed percent-encoding in path",
                 path::PathError::Forbidden => "encoded slash, backslash or NUL in path",
                 path::PathError::DotParam => "dot segment with parameters in path",
+                path::PathError::ParamSegment => {
+                    "path parameters (';') are only allowed in the last segment"
+                }
             })
         })
 }
@@ -138,7 +162,7 @@ pub fn strip_phase(
 ) -> (Option<HeaderValue>, bool) {
     let upgrade = remove_hop_by_hop(headers);
     strip_normalized(headers, &rt.strip_names);
-    let ip = conn.peer.ip();
+    let ip = conn.ip;
     let trusted = rt
         .config
         .server
@@ -149,6 +173,51 @@ pub fn strip_phase(
         strip_normalized(headers, &rt.forwarding_names);
     }
     (upgrade, trusted)
+}
+
+/// Whether the Host header (if any) is a single host name or IP literal with an optional port.
+/// Anything else would be routed on one reading and forwarded (as `X-Forwarded-Host`, or `Host`
+/// with `preserve_host`) for an app to read another way.
+pub fn host_header_ok(headers: &HeaderMap) -> bool {
+    let mut all = headers.get_all(header::HOST).iter();
+    let Some(h) = all.next() else { return true };
+    if all.next().is_some() {
+        return false;
+    }
+    let b = h.as_bytes();
+    let (host, port) = if let Some(rest) = b.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&c| c == b']') else {
+            return false;
+        };
+        let (inside, after) = (&rest[..end], &rest[end + 1..]);
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|c| c.is_ascii_hexdigit() || *c == b':' || *c == b'.')
+        {
+            return false;
+        }
+        (None, after)
+    } else {
+        match b.iter().position(|&c| c == b':') {
+            Some(i) => (Some(&b[..i]), &b[i..]),
+            None => (Some(b), &b[b.len()..]),
+        }
+    };
+    if let Some(host) = host {
+        if host.is_empty()
+            || host.len() > 253
+            || !host
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+        {
+            return false;
+        }
+    }
+    match port.strip_prefix(b":") {
+        None => port.is_empty(),
+        Some(p) => !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit),
+    }
 }
 
 /// The request's host name (Host header, or the authority for HTTP/2), port removed.
@@ -309,6 +378,12 @@ pub fn decide<B>(
         Ok(p) => p,
         Err(e) => return Decision::Respond(e.into_response(wants_html(req.headers()))),
     };
+    if !host_header_ok(req.headers()) {
+        return Decision::Respond(
+            GatewayError::BadRequest("malformed or repeated Host header")
+                .into_response(wants_html(req.headers())),
+        );
+    }
     let (upgrade, trusted) = strip_phase(rt, req.headers_mut(), conn);
     if path == "/.auth" || path.starts_with("/.auth/") {
         return Decision::Endpoint(path);
@@ -374,7 +449,9 @@ pub async fn handle(
             label,
         } => {
             let mut r =
-                match forward::forward(&shared, &rt.clients[client], req, upgrade, timeout).await {
+                match forward::forward(&shared, conn, &rt.clients[client], req, upgrade, timeout)
+                    .await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(route = %label, error = %e, "upstream failure");
@@ -407,4 +484,52 @@ pub fn error_response(e: GatewayError, html: bool) -> Response<Body> {
         tracing::error!(error = %e, "request failed");
     }
     e.into_response(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(v: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for x in v {
+            h.append(header::HOST, HeaderValue::from_static(x));
+        }
+        h
+    }
+
+    #[test]
+    fn host_header_ok_accepts_names_ips_ports_and_refuses_the_rest() {
+        for ok in [
+            "a.example.com",
+            "a.example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:443",
+            "[::1]",
+            "x_y.internal",
+        ] {
+            assert!(host_header_ok(&hosts(&[ok])), "{ok}");
+        }
+        for bad in [
+            "evil.com?.example.com",
+            "a.com:",
+            "a.com:99999x",
+            "a b",
+            "",
+            "a.com/x",
+            "[::1",
+            "[zz]:1",
+            "a.com@b.com",
+        ] {
+            assert!(!host_header_ok(&hosts(&[bad])), "{bad}");
+        }
+        assert!(
+            !host_header_ok(&hosts(&["a.com", "b.com"])),
+            "two Host headers"
+        );
+        assert!(
+            host_header_ok(&HeaderMap::new()),
+            "absent (HTTP/1.0, HTTP/2)"
+        );
+    }
 }

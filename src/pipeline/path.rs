@@ -21,9 +21,14 @@ pub enum PathError {
     /// A dot segment hidden behind a `;` parameter (`/..;/`).
     #[error("dot segment with parameters in path")]
     DotParam,
+    /// A `;` parameter before the last segment (`/;/admin`, `/app;x/admin`): servers that strip
+    /// parameters from every segment would see a path the routing rules never saw.
+    #[error("path parameters are only allowed in the last segment")]
+    ParamSegment,
 }
 
-fn plain(b: u8) -> bool {
+/// Bytes a normalised path keeps as they are (besides `.`, `;` and `%XX` escapes).
+pub fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -104,6 +109,9 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
             s => out.push(s),
         }
     }
+    if out.len() > 1 && out[..out.len() - 1].iter().any(|s| s.contains(';')) {
+        return Err(PathError::ParamSegment);
+    }
     let mut path = String::with_capacity(decoded.len());
     for s in &out {
         path.push('/');
@@ -147,6 +155,13 @@ mod tests {
         assert_eq!(normalize("/public%5C..%5Cadmin"), Err(PathError::Forbidden));
         assert_eq!(normalize("/a%00"), Err(PathError::Forbidden));
         assert_eq!(normalize("/public/..;/admin"), Err(PathError::DotParam));
+        assert_eq!(normalize("/;/admin/users"), Err(PathError::ParamSegment));
+        assert_eq!(normalize("/app;x/admin"), Err(PathError::ParamSegment));
+        assert_eq!(
+            normalize("/app/page;jsessionid=1").unwrap(),
+            "/app/page;jsessionid=1"
+        );
+        assert_eq!(normalize("/app;x/").unwrap(), "/app;x/");
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEncoding));
         assert_eq!(normalize("*"), Err(PathError::NotAbsolute));
     }

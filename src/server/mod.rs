@@ -64,7 +64,7 @@ impl Gateway {
         }
 
         let (stop, stop_rx) = watch::channel(false);
-        let limit = Arc::new(Semaphore::new(cfg.server.max_connections));
+        let limit = shared.conn_limit.clone();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -152,10 +152,17 @@ impl Gateway {
         &self.shared
     }
 
-    /// Swaps in a new snapshot built from `config`; on error the old one stays.
-    /// Listener addresses and TLS listeners are not rebound (restart for those).
+    /// Swaps in a new snapshot built from `config`; on error the old one stays. Sessions and
+    /// revocations are kept and follow the new timeouts and limits. Listener addresses, TLS
+    /// listeners and the number of hashing threads need a restart.
     pub fn reload(&self, config: Config) -> Result<(), crate::config::ConfigErrors> {
         let rt = Runtime::build(config)?;
+        // Live state keeps its contents but follows the new limits.
+        let a = &rt.config.auth;
+        let live = &self.shared.live;
+        live.sessions
+            .set_limits(a.idle_timeout, a.max_lifetime, a.max_sessions);
+        live.limiter.set_limit(a.login_failures_per_minute);
         self.shared.runtime.store(Arc::new(rt));
         self.shared.live.token_cache.invalidate_all();
         tracing::info!("configuration reloaded");
@@ -256,15 +263,26 @@ async fn accept_loop(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
-            serve(stream, peer, tls, shared, builder, watcher, first_request).await;
+            serve(
+                stream,
+                peer,
+                permit,
+                tls,
+                shared,
+                builder,
+                watcher,
+                first_request,
+            )
+            .await;
         });
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site: the accept loop hands over everything it has
 async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
     tls: Tls,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -275,7 +293,7 @@ async fn serve(
         None => {
             serve_io(
                 TokioIo::new(stream),
-                ConnInfo::new(peer, false),
+                ConnInfo::new(peer, false).with_permit(permit),
                 shared,
                 builder,
                 watcher,
@@ -288,7 +306,7 @@ async fn serve(
                 Ok(Ok(s)) => {
                     serve_io(
                         TokioIo::new(s),
-                        ConnInfo::new(peer, true),
+                        ConnInfo::new(peer, true).with_permit(permit),
                         shared,
                         builder,
                         watcher,
