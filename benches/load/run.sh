@@ -34,7 +34,7 @@ Environment (flags above set the same variables):
                        authgate-session authgate-hs256 authgate-eddsa
   AUTHGATE_WORKERS=1   [server] workers of every authgate instance
   JWT_CACHE_SIZE       [auth.jwt] cache_size of the JWT instances (default: authgate's default)
-  HASH_POOL            [auth] login_concurrency of the authgate instances (default: authgate's, 4)
+  HASH_POOL            [auth] login_concurrency of the authgate instances (default: authgate's: one per core, at most 4)
   SKIP_STORM=0         1: skip the login storm
   LOGIN_RATE=50        logins/s during the storm (open loop); 0 = closed loop, LOGIN_CONCURRENCY
                        clients logging in back to back (e.g. LOGIN_RATE=0 LOGIN_CONCURRENCY=200)
@@ -587,7 +587,7 @@ fi
   echo "threads=$THREADS"; echo "rounds=$ROUNDS"; echo "warmup=$WARMUP"; echo "pin=$PIN"
   echo "upstream_cpus=$UPSTREAM_CPUS"; echo "server_cpus=$SERVER_CPUS"; echo "load_cpus=$LOAD_CPUS"
   echo "targets=$TARGETS"; echo "authgate_workers=$AUTHGATE_WORKERS"; echo "authgate_threads=$AG_THREADS"
-  echo "jwt_cache_size=${JWT_CACHE_SIZE:-default}"; echo "hash_pool=${HASH_POOL:-default (4)}"
+  echo "jwt_cache_size=${JWT_CACHE_SIZE:-default}"; echo "hash_pool=${HASH_POOL:-default (one per core, max 4)}"
   echo "storm_target=$STORM_TARGET"; echo "storm_connections=$STORM_CONNECTIONS"
   echo "storm_get_rate=$STORM_GET_RATE"; echo "storm_delay_ms=$STORM_DELAY_MS"
   echo "login_rate=$LOGIN_RATE"; echo "login_concurrency=$LOGIN_CONCURRENCY"
