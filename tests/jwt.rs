@@ -1108,3 +1108,46 @@ async fn gen_jwt_key_cli_es256_writes_private_0600_and_refuses_overwrite() {
     let token = login_token(&gw, "alice").await;
     assert_eq!(status_with_token(&gw, &token).await, 200);
 }
+
+#[tokio::test]
+async fn jwt_logout_with_renewed_token_also_revokes_the_token_it_was_renewed_from() {
+    init();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, _) = gen_key(keys.path(), JwtAlgorithm::EdDSA, "jwt");
+    let up = Upstream::start().await;
+    let jwt = format!("signing_key = {}\nttl = \"4s\"", lit(&private));
+    let gw = TestGateway::start(&jwt_config(&up, "", &jwt)).await;
+    let a = login_token(&gw, "alice").await;
+    let other = login_token(&gw, "alice").await;
+    assert_ne!(
+        part(&a, 1)["sid"],
+        part(&other, 1)["sid"],
+        "each login is its own session"
+    );
+    sleep_until_unix(claim_u64(&a, "exp") - 1).await;
+    let r = get_with_token(&gw, "/app/late", &a).await;
+    assert_eq!(r.status(), 200);
+    let b = token_of(&set_cookie_pair(&r).expect("renewal due"));
+    assert_eq!(
+        part(&b, 1)["sid"],
+        part(&a, 1)["sid"],
+        "renewal keeps the login session id"
+    );
+    assert_eq!(status_with_token(&gw, &b).await, 200);
+    assert_eq!(logout_json(&gw, &b, false).await.status(), 200);
+    assert_eq!(
+        status_with_token(&gw, &b).await,
+        401,
+        "the presented token is revoked"
+    );
+    assert_eq!(
+        status_with_token(&gw, &a).await,
+        401,
+        "the pre-renewal token dies with its session"
+    );
+    assert_eq!(
+        status_with_token(&gw, &other).await,
+        200,
+        "another login of the same user lives"
+    );
+}

@@ -136,6 +136,9 @@ pub struct VerifiedToken {
     pub exp: u64,
     /// Original login time (Unix seconds), carried over sliding renewals.
     pub auth_time: u64,
+    /// Login session id, carried over sliding renewals: logout revokes it, so tokens renewed
+    /// from (or into) the one presented at logout die with it.
+    pub sid: String,
 }
 
 /// A freshly issued token and its claims.
@@ -316,6 +319,7 @@ struct OutClaims<'a> {
     exp: u64,
     jti: &'a str,
     auth_time: u64,
+    sid: &'a str,
 }
 
 /// Only the members we act on; borrowed so the common (escape-free) header costs no allocation.
@@ -342,6 +346,7 @@ struct InClaims {
     nbf: Option<u64>,
     exp: Option<u64>,
     auth_time: Option<u64>,
+    sid: Option<String>,
     // Type-checked even though unused here, so a token with odd shapes is rejected early.
     #[allow(dead_code)]
     email: Option<String>,
@@ -478,13 +483,47 @@ impl JwtKeys {
         Duration::from_secs(self.leeway)
     }
 
-    /// Issue a token. iat = now, nbf = now, exp = min(now + ttl, auth_time + max_lifetime); jti = 128-bit random base64url; header alg pinned + kid.
+    /// Issue a token for a new login. iat = now, nbf = now, exp = min(now + ttl, auth_time + max_lifetime); jti and sid = 128-bit random base64url; header alg pinned + kid.
     pub fn issue(
         &self,
         sub: &str,
         email: Option<&str>,
         groups: &[String],
         auth_time: u64,
+        now: u64,
+        max_lifetime: Duration,
+    ) -> Result<IssuedToken, JwtError> {
+        self.issue_in_session(sub, email, groups, auth_time, None, now, max_lifetime)
+    }
+
+    /// Sliding renewal of `prev`: same subject, login time and session id, new jti and times.
+    pub fn renew(
+        &self,
+        prev: &VerifiedToken,
+        email: Option<&str>,
+        groups: &[String],
+        now: u64,
+        max_lifetime: Duration,
+    ) -> Result<IssuedToken, JwtError> {
+        self.issue_in_session(
+            &prev.sub,
+            email,
+            groups,
+            prev.auth_time,
+            Some(&prev.sid),
+            now,
+            max_lifetime,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)] // private; the two public entry points above fix the shape
+    fn issue_in_session(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        groups: &[String],
+        auth_time: u64,
+        sid: Option<&str>,
         now: u64,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
@@ -503,6 +542,14 @@ impl JwtKeys {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|_| JwtError::Sign("no randomness for jti".into()))?;
         let jti = URL_SAFE_NO_PAD.encode(id);
+        let sid = match sid {
+            Some(s) => s.to_string(),
+            None => {
+                getrandom::fill(&mut id)
+                    .map_err(|_| JwtError::Sign("no randomness for sid".into()))?;
+                URL_SAFE_NO_PAD.encode(id)
+            }
+        };
         let claims = OutClaims {
             iss: &self.issuer,
             aud: &self.audience,
@@ -514,6 +561,7 @@ impl JwtKeys {
             exp,
             jti: &jti,
             auth_time,
+            sid: &sid,
         };
         let payload = serde_json::to_vec(&claims)
             .map_err(|_| JwtError::Sign("cannot encode claims".into()))?;
@@ -536,6 +584,7 @@ impl JwtKeys {
                 iat: now,
                 exp,
                 auth_time,
+                sid,
             },
         })
     }
@@ -604,6 +653,11 @@ impl JwtKeys {
         if jti.is_empty() {
             return Err(JwtError::Claims("empty `jti`".into()));
         }
+        // A token without `sid` is its own session (it can only be revoked by its jti).
+        let sid = c.sid.unwrap_or_else(|| jti.clone());
+        if sid.is_empty() {
+            return Err(JwtError::Claims("empty `sid`".into()));
+        }
         // jsonwebtoken checked exp/nbf against the system clock; these use the caller's `now`.
         if exp.saturating_add(self.leeway) < now {
             return Err(JwtError::Expired);
@@ -624,6 +678,7 @@ impl JwtKeys {
             iat,
             exp,
             auth_time,
+            sid,
         })
     }
 
@@ -2454,6 +2509,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 iat: t,
                 exp: t + 600,
                 auth_time: t,
+                sid: "s".into(),
             }),
         };
         cache.cache.insert(hash, planted);

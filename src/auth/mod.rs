@@ -90,6 +90,7 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
                 }
             };
             if live.revocations.is_jti_revoked(&vt.jti)
+                || live.revocations.is_jti_revoked(&vt.sid)
                 || live.revocations.is_user_revoked(&vt.sub, vt.iat)
             {
                 tracing::debug!(user = %vt.sub, "jwt revoked");
@@ -125,27 +126,25 @@ fn renew_if_due(
     if vt.exp.saturating_sub(now) >= ttl / 2 || vt.exp >= deadline {
         return None;
     }
-    issue_jwt_cookie(rt, user, vt.auth_time, now).ok()
+    issue_jwt_cookie(rt, user, Some(vt), now).ok()
 }
 
-/// Issues a JWT for `user` and returns its Set-Cookie value.
+/// Issues a JWT for `user` — a new login, or the renewal of `prev` (same login session) — and
+/// returns its Set-Cookie value.
 pub fn issue_jwt_cookie(
     rt: &Runtime,
     user: &User,
-    auth_time: u64,
+    prev: Option<&jwt::VerifiedToken>,
     now: u64,
 ) -> Result<HeaderValue, String> {
     let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
-    let issued = keys
-        .issue(
-            &user.username,
-            user.email.as_deref(),
-            &user.groups,
-            auth_time,
-            now,
-            rt.config.auth.max_lifetime,
-        )
-        .map_err(|e| e.to_string())?;
+    let max_lifetime = rt.config.auth.max_lifetime;
+    let (email, groups) = (user.email.as_deref(), &user.groups);
+    let issued = match prev {
+        Some(p) => keys.renew(p, email, groups, now, max_lifetime),
+        None => keys.issue(&user.username, email, groups, now, now, max_lifetime),
+    }
+    .map_err(|e| e.to_string())?;
     let max_age = issued.claims.exp.saturating_sub(now);
     cookies::session_cookie(&rt.config, &issued.token, max_age)
 }

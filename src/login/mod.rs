@@ -451,7 +451,7 @@ async fn login_post(
             cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs())
                 .map_err(GatewayError::Internal)?
         }
-        AuthMode::Jwt => issue_jwt_cookie(rt, &user, now, now).map_err(|e| {
+        AuthMode::Jwt => issue_jwt_cookie(rt, &user, None, now).map_err(|e| {
             tracing::error!(user = %user.username, error = %e, "cannot issue token");
             GatewayError::Internal("token issue failed".into())
         })?,
@@ -536,6 +536,12 @@ async fn logout_post(
                     .live
                     .revocations
                     .revoke_jti(&t.jti, t.exp.saturating_add(leeway), now);
+                // The login session too: tokens renewed from or into this one die with it.
+                let session_end = t
+                    .auth_time
+                    .saturating_add(rt.config.auth.max_lifetime.as_secs())
+                    .saturating_add(leeway);
+                shared.live.revocations.revoke_jti(&t.sid, session_end, now);
                 if all {
                     shared
                         .live
