@@ -61,6 +61,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::serve(None).await
+    }
+
+    /// Accepts connections (through TLS when `tls` is given) and serves them with the recording
+    /// handler; upgrades (WebSocket) work on both.
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -70,13 +76,25 @@ impl Upstream {
                 let Ok((stream, _)) = l.accept().await else {
                     return;
                 };
-                let seen = s2.clone();
+                let (seen, tls) = (s2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| upstream_handler(req, seen.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => {
+                                http.serve_connection(TokioIo::new(s), svc)
+                                    .with_upgrades()
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -110,28 +128,7 @@ impl Upstream {
             .with_single_cert(certs, key)
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let s2 = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = l.accept().await else {
-                    return;
-                };
-                let (seen, acceptor) = (s2.clone(), acceptor.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = service_fn(move |req| upstream_handler(req, seen.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        (Upstream { addr, seen }, cert)
+        (Self::serve(Some(acceptor)).await, cert)
     }
 
     /// Requests seen so far.
