@@ -227,30 +227,34 @@ fn bench_decision(c: &mut Criterion) {
     let conn = conn();
     let mut g = c.benchmark_group("decision");
     g.bench_function("session_mode_authenticated", |b| {
-        b.iter_batched(
-            || request("/app/items?page=2", &cookie),
-            |mut req| {
-                matches!(
-                    decide(&rt, &live, &mut req, &conn, &rid),
-                    Decision::Forward { .. }
-                )
-            },
-            criterion::BatchSize::SmallInput,
-        )
+        decide_bench(b, &rt, &live, "/app/items?page=2", &cookie, &conn, &rid)
     });
     g.bench_function("baseline_public_route_no_auth", |b| {
-        b.iter_batched(
-            || request("/public/items?page=2", &cookie),
-            |mut req| {
-                matches!(
-                    decide(&rt, &live, &mut req, &conn, &rid),
-                    Decision::Forward { .. }
-                )
-            },
-            criterion::BatchSize::SmallInput,
-        )
+        decide_bench(b, &rt, &live, "/public/items?page=2", &cookie, &conn, &rid)
     });
     g.finish();
+}
+
+/// Times one whole authentication decision (request in → upstream request out) for `path`.
+fn decide_bench(
+    b: &mut criterion::Bencher<'_>,
+    rt: &Runtime,
+    live: &Live,
+    path: &str,
+    cookie: &str,
+    conn: &ConnInfo,
+    rid: &HeaderValue,
+) {
+    b.iter_batched(
+        || request(path, cookie),
+        |mut req| {
+            matches!(
+                decide(rt, live, &mut req, conn, rid),
+                Decision::Forward { .. }
+            )
+        },
+        criterion::BatchSize::SmallInput,
+    )
 }
 
 /// A JWT-mode runtime for `alg` with a fresh key in `dir`, and a token for alice.
@@ -357,18 +361,7 @@ fn bench_decision_jwt(c: &mut Criterion) {
         let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &token);
         g.bench_function(
             BenchmarkId::new("jwt_mode_authenticated_cached", alg),
-            |b| {
-                b.iter_batched(
-                    || request("/app/items?page=2", &cookie),
-                    |mut req| {
-                        matches!(
-                            decide(&rt, &live, &mut req, &conn, &rid),
-                            Decision::Forward { .. }
-                        )
-                    },
-                    criterion::BatchSize::SmallInput,
-                )
-            },
+            |b| decide_bench(b, &rt, &live, "/app/items?page=2", &cookie, &conn, &rid),
         );
     }
     g.finish();
