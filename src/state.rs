@@ -16,9 +16,9 @@ use crate::config::{
     AuthMode, Config, ConfigError, ConfigErrors, UpstreamTarget, ALL_PRESET_HEADERS,
 };
 use crate::login::limit::{LoginLimitStore, LoginLimiter};
-use crate::pipeline::forward::{build_client, UpstreamClient};
 use crate::pipeline::headers::FORWARDING_HEADERS;
 use crate::pipeline::route::{Route, Router};
+use crate::pipeline::upstream::{tls_config, UpstreamPool};
 
 /// Everything derived from one configuration, built and validated before it is used.
 pub struct Runtime {
@@ -32,8 +32,8 @@ pub struct Runtime {
     pub strip_names: Vec<String>,
     /// Normalised forwarding header names stripped unless the peer is trusted.
     pub forwarding_names: Vec<String>,
-    /// Upstream clients: index 0 trusts the public roots; others add a route's CA.
-    pub clients: Vec<UpstreamClient>,
+    /// Upstream connection pools, one per distinct (scheme, authority, CA); routes index them.
+    pub upstreams: Vec<Arc<UpstreamPool>>,
     /// JWT keys (jwt mode).
     pub jwt: Option<Arc<JwtKeys>>,
     /// TLS server configuration (when an HTTPS listener is configured).
@@ -65,18 +65,50 @@ impl Runtime {
         };
         let users = Users::build(&config.users).map_err(|m| err("users", m))?;
 
-        let mut clients = vec![build_client(None).map_err(|m| err("routes", m))?];
+        // TLS client configurations: the public roots, plus one per distinct route CA, built
+        // only when an https upstream needs them.
+        let mut tls_configs: Vec<(Option<std::path::PathBuf>, Arc<rustls::ClientConfig>)> =
+            Vec::new();
+        let mut upstreams: Vec<(String, Option<std::path::PathBuf>, Arc<UpstreamPool>)> =
+            Vec::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
-            let client = match &r.tls_ca {
-                Some(ca) => {
-                    clients.push(
-                        build_client(Some(ca))
-                            .map_err(|m| err(&format!("routes[{}].tls_ca", r.index), m))?,
-                    );
-                    clients.len() - 1
+            let key = |k: &str| format!("routes[{}].{k}", r.index);
+            let client = match &r.upstream {
+                UpstreamTarget::Whoami => usize::MAX,
+                UpstreamTarget::Http {
+                    scheme, authority, ..
+                } => {
+                    let id = format!("{scheme}://{authority}");
+                    match upstreams
+                        .iter()
+                        .position(|(i, ca, _)| *i == id && *ca == r.tls_ca)
+                    {
+                        Some(i) => i,
+                        None => {
+                            // A CA is loaded (and so checked) even where an http upstream
+                            // cannot use it.
+                            let tls = if *scheme == http::uri::Scheme::HTTPS || r.tls_ca.is_some() {
+                                let cfg = match tls_configs.iter().find(|(ca, _)| *ca == r.tls_ca) {
+                                    Some((_, c)) => c.clone(),
+                                    None => {
+                                        let c = tls_config(r.tls_ca.as_deref())
+                                            .map_err(|m| err(&key("tls_ca"), m))?;
+                                        tls_configs.push((r.tls_ca.clone(), c.clone()));
+                                        c
+                                    }
+                                };
+                                Some(cfg)
+                            } else {
+                                None
+                            };
+                            let pool = UpstreamPool::new(scheme, authority, tls)
+                                .map_err(|m| err(&key("upstream"), m))?;
+                            upstreams.push((id, r.tls_ca.clone(), Arc::new(pool)));
+                            upstreams.len() - 1
+                        }
+                    }
                 }
-                None => 0,
             };
             let target = match &r.upstream {
                 UpstreamTarget::Whoami => "builtin:whoami".to_string(),
@@ -145,7 +177,7 @@ impl Runtime {
             users,
             strip_names,
             forwarding_names: FORWARDING_HEADERS.iter().map(|s| s.to_string()).collect(),
-            clients,
+            upstreams: upstreams.into_iter().map(|(_, _, p)| p).collect(),
             jwt,
             tls,
             dummy_hash,

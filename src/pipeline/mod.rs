@@ -9,6 +9,7 @@ pub mod forward;
 pub mod headers;
 pub mod path;
 pub mod route;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub struct ConnInfo {
     pub ip: std::net::IpAddr,
     /// The peer address as an `X-Forwarded-For` value, built once per connection.
     pub peer_value: HeaderValue,
+    /// The upstream connection this (HTTP/1) client connection last used, reused for its next
+    /// request; returned to the pool when the client connection ends.
+    pub upstream: std::sync::Mutex<Option<upstream::Sticky>>,
     /// The connection's slot under `max_connections`; an upgraded tunnel takes it over, since
     /// the tunnel outlives the HTTP connection.
     permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
@@ -59,6 +63,7 @@ impl ConnInfo {
             tls,
             ip,
             peer_value,
+            upstream: std::sync::Mutex::new(None),
             permit: std::sync::Mutex::new(None),
         }
     }
@@ -449,7 +454,7 @@ pub async fn handle(
             label,
         } => {
             let mut r =
-                match forward::forward(&shared, conn, &rt.clients[client], req, upgrade, timeout)
+                match forward::forward(&shared, conn, &rt.upstreams[client], req, upgrade, timeout)
                     .await
                 {
                     Ok(r) => r,

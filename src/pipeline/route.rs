@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 
 use crate::config::{Access, HostMatch, RouteConfig, UpstreamTarget};
 
@@ -44,41 +44,22 @@ impl Route {
         }
     }
 
-    /// Builds the upstream URI for a normalised path and query.
+    /// The upstream request target (origin form: the upstream's base path, the normalised path
+    /// and the query); the connection is chosen by the route's pool, the `Host` header set apart.
     pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
-        let UpstreamTarget::Http {
-            scheme,
-            authority,
-            base_path,
-        } = &self.config.upstream
-        else {
+        let UpstreamTarget::Http { base_path, .. } = &self.config.upstream else {
             return None;
         };
-        build_uri(scheme, authority, base_path, path, query)
+        let mut pq =
+            String::with_capacity(base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        PathAndQuery::try_from(pq).ok().map(http::Uri::from)
     }
-}
-
-fn build_uri(
-    scheme: &Scheme,
-    authority: &Authority,
-    base: &str,
-    path: &str,
-    query: Option<&str>,
-) -> Option<http::Uri> {
-    let mut pq = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(base);
-    pq.push_str(path);
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    let pq = PathAndQuery::try_from(pq).ok()?;
-    http::Uri::builder()
-        .scheme(scheme.clone())
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .ok()
 }
 
 /// All routes, ordered for matching.

@@ -188,7 +188,7 @@ impl Gateway {
 
 type Tls = Option<(tokio_rustls::TlsAcceptor, Duration)>;
 
-/// Frees expired live state periodically, off the async workers (a sweep of 1M sessions takes
+/// Frees expired live state and idle upstream connections past their timeout periodically, off the async workers (a sweep of 1M sessions takes
 /// tens of milliseconds). Reads never depend on it: expiry is checked on every lookup.
 async fn sweep_live_state(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(crate::auth::session::SWEEP_INTERVAL);
@@ -199,7 +199,11 @@ async fn sweep_live_state(shared: Arc<Shared>) {
         let sh = shared.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let swept = sh.live.sessions.sweep();
-            let lifetime = sh.runtime.load().config.auth.max_lifetime.as_secs();
+            let rt = sh.runtime.load();
+            for pool in &rt.upstreams {
+                pool.sweep();
+            }
+            let lifetime = rt.config.auth.max_lifetime.as_secs();
             sh.live
                 .revocations
                 .prune_users(crate::auth::session::unix_now().saturating_sub(lifetime));

@@ -1,0 +1,348 @@
+//! Upstream connections: HTTP/1.1 over TCP or TLS, pooled per upstream.
+//!
+//! Built on `hyper::client::conn::http1` rather than hyper-util's legacy client: that pool costs a
+//! mutex, a key clone and a spawned readiness task per request. Here an HTTP/1 client connection
+//! keeps the upstream connection it last used (its "sticky" connection, no lock, no search), and
+//! hands it to the shared idle pool when it closes; other requests (HTTP/2 streams, a client's
+//! first request) check one out of the pool or open a new one.
+//!
+//! Safety of reuse: only a connection whose previous exchange is complete (`is_ready`) is reused;
+//! a pooled connection the upstream has closed meanwhile makes the request come back unsent
+//! (`try_send_request`), which is then retried once on a fresh connection. A request that may
+//! have reached the upstream is never retried.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::uri::Scheme;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+/// Idle pooled connections close after this: below the 60–75 s keep-alive of common servers
+/// (nginx 75 s; Node's 5 s is the exception: it closes first and the request is retried).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connect attempts (TCP and TLS handshake) give up after this (→ 502).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per upstream.
+pub const POOL_MAX_IDLE: usize = 512;
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (→ 502).
+    Connect(String),
+    /// The exchange failed after connecting (→ 502).
+    Exchange(String),
+}
+
+/// Where an upstream lives and how to reach it, with its idle connections.
+pub struct UpstreamPool {
+    id: u64,
+    /// `host:port` for the TCP connect.
+    addr: String,
+    /// TLS connector and server name for `https` upstreams.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamPool")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// The upstream connection an HTTP/1 client connection last used (kept in its `ConnInfo`).
+/// Dropping it returns the connection to its pool.
+pub struct Sticky {
+    pool: Arc<UpstreamPool>,
+    sender: Option<SendRequest<Incoming>>,
+    since: Instant,
+}
+
+impl std::fmt::Debug for Sticky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sticky")
+            .field("pool", &self.pool.addr)
+            .finish()
+    }
+}
+
+impl Drop for Sticky {
+    fn drop(&mut self) {
+        if let Some(s) = self.sender.take() {
+            self.pool.put_when_ready(s);
+        }
+    }
+}
+
+/// Builds the TLS client configuration trusting the public web roots, plus `extra_ca` if given.
+pub fn tls_config(extra_ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(p) = extra_ca {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad PEM in {}: {e}", p.display()))?;
+        if certs.is_empty() {
+            return Err(format!("no certificate in {}", p.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("bad certificate in {}: {e}", p.display()))?;
+        }
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+impl UpstreamPool {
+    /// A pool for `scheme://authority`; `tls` is required for `https`.
+    pub fn new(
+        scheme: &Scheme,
+        authority: &http::uri::Authority,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<UpstreamPool, String> {
+        let https = *scheme == Scheme::HTTPS;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = authority.host();
+        let addr = format!("{host}:{port}");
+        let tls = if https {
+            let cfg = tls.ok_or("https upstream without a TLS configuration")?;
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(bare.to_string())
+                .map_err(|e| format!("{host} is not a valid TLS server name: {e}"))?;
+            Some((tokio_rustls::TlsConnector::from(cfg), name))
+        } else {
+            None
+        };
+        Ok(UpstreamPool {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            tls,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Number of idle pooled connections (tests and benches).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Sends `req` (origin-form URI, headers final) and returns the response head; the body streams
+    /// from the upstream connection. `sticky` is the HTTP/1 client connection's slot (None for
+    /// HTTP/2 streams); an upgrade consumes the connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        sticky: Option<&Mutex<Option<Sticky>>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut reused = sticky
+            .and_then(|s| self.take_sticky(s))
+            .or_else(|| self.checkout());
+        loop {
+            let was_reused = reused.is_some();
+            let mut sender = match reused.take() {
+                Some(s) => s,
+                None => self.connect().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        self.release(sender, sticky);
+                    }
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection was closed under us; once more on a
+                    // fresh one.
+                    Some(r) if was_reused => req = r,
+                    _ => return Err(SendError::Exchange(error_chain(e.error()))),
+                },
+            }
+        }
+    }
+
+    /// The client connection's sticky upstream connection, if it belongs here and is usable.
+    fn take_sticky(
+        self: &Arc<Self>,
+        slot: &Mutex<Option<Sticky>>,
+    ) -> Option<SendRequest<Incoming>> {
+        let mut slot = slot.lock().ok()?;
+        let st = slot.as_mut()?;
+        if st.pool.id != self.id {
+            // Another upstream (or an older snapshot): give it back to its own pool.
+            *slot = None;
+            return None;
+        }
+        let usable = st.sender.as_ref().is_some_and(|s| s.is_ready())
+            && st.since.elapsed() < POOL_IDLE_TIMEOUT;
+        if usable {
+            return st.sender.take();
+        }
+        if st.since.elapsed() >= POOL_IDLE_TIMEOUT {
+            // Expired: closed here rather than pooled afresh.
+            st.sender = None;
+        }
+        *slot = None;
+        None
+    }
+
+    /// Puts the connection back after a response head: into the HTTP/1 client connection's slot,
+    /// or into the pool once its response has been read.
+    fn release(
+        self: &Arc<Self>,
+        sender: SendRequest<Incoming>,
+        sticky: Option<&Mutex<Option<Sticky>>>,
+    ) {
+        if let Some(Ok(mut slot)) = sticky.map(|s| s.lock()) {
+            match slot.as_mut() {
+                Some(st) if st.pool.id == self.id && st.sender.is_none() => {
+                    st.sender = Some(sender);
+                    st.since = Instant::now();
+                }
+                _ => {
+                    *slot = Some(Sticky {
+                        pool: self.clone(),
+                        sender: Some(sender),
+                        since: Instant::now(),
+                    })
+                }
+            }
+            return;
+        }
+        self.put_when_ready(sender);
+    }
+
+    /// Pools `sender` now if it is ready, else once its current exchange ends.
+    fn put_when_ready(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        if sender.is_ready() {
+            self.put(sender);
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.clone();
+        handle.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(POOL_IDLE_TIMEOUT, sender.ready()).await {
+                pool.put(sender);
+            }
+        });
+    }
+
+    fn put(&self, sender: SendRequest<Incoming>) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < POOL_MAX_IDLE {
+                idle.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// The most recently pooled live connection.
+    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(c) = idle.pop() {
+            if c.sender.is_ready() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Drops idle connections that expired or were closed by the upstream.
+    pub fn sweep(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|c| !c.sender.is_closed() && c.since.elapsed() < POOL_IDLE_TIMEOUT);
+        }
+    }
+
+    /// Opens a new connection (TCP, then TLS for https) within CONNECT_TIMEOUT.
+    async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+        let connect = async {
+            let tcp = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|e| format!("connect {}: {e}", self.addr))?;
+            let _ = tcp.set_nodelay(true);
+            match &self.tls {
+                None => handshake(TokioIo::new(tcp)).await,
+                Some((connector, name)) => {
+                    let tls = connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| format!("TLS handshake with {}: {e}", self.addr))?;
+                    handshake(TokioIo::new(tls)).await
+                }
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(m)) => Err(SendError::Connect(m)),
+            Err(_) => Err(SendError::Connect(format!(
+                "connect {}: timed out after {CONNECT_TIMEOUT:?}",
+                self.addr
+            ))),
+        }
+    }
+}
+
+/// HTTP/1.1 handshake on a connected stream; its connection task is spawned (able to hand the
+/// stream over to a tunnel after a 101).
+async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Incoming>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An error and its sources, one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
