@@ -64,7 +64,7 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<UpBody>,
     since: Instant,
 }
 
@@ -72,7 +72,7 @@ struct Idle {
 /// Dropping it returns the connection to its pool.
 pub struct Sticky {
     pool: Arc<UpstreamPool>,
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<UpBody>>,
     since: Instant,
 }
 
@@ -159,9 +159,10 @@ impl UpstreamPool {
     /// HTTP/2 streams); an upgrade consumes the connection.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         sticky: Option<&Mutex<Option<Sticky>>>,
     ) -> Result<Response<Incoming>, SendError> {
+        let mut req = req.map(UpBody::Client);
         let mut reused = sticky
             .and_then(|s| self.take_sticky(s))
             .or_else(|| self.checkout());
@@ -171,6 +172,11 @@ impl UpstreamPool {
                 Some(s) => s,
                 None => self.connect().await?,
             };
+            // A reused connection may have been closed by the upstream just now (its keep-alive
+            // timeout, a request limit), before this side saw it: the request is then written
+            // into a dead socket. Like nginx and Go, a request without a body and with a method
+            // that is safe to repeat is sent once more on a fresh connection; keep its head.
+            let replay = (was_reused && replayable(&req)).then(|| head_copy(&req));
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
@@ -178,10 +184,13 @@ impl UpstreamPool {
                     }
                     return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the pooled connection was closed under us; once more on a
-                    // fresh one.
-                    Some(r) if was_reused => req = r,
+                Err(mut e) => match (e.take_message(), replay) {
+                    // Never written: once more on a fresh connection.
+                    (Some(r), _) if was_reused => req = r,
+                    (None, Some(copy)) => {
+                        tracing::debug!(error = %error_chain(e.error()), "reused upstream connection failed: retrying on a new one");
+                        req = copy;
+                    }
                     _ => return Err(SendError::Exchange(error_chain(e.error()))),
                 },
             }
@@ -189,10 +198,7 @@ impl UpstreamPool {
     }
 
     /// The client connection's sticky upstream connection, if it belongs here and is usable.
-    fn take_sticky(
-        self: &Arc<Self>,
-        slot: &Mutex<Option<Sticky>>,
-    ) -> Option<SendRequest<Incoming>> {
+    fn take_sticky(self: &Arc<Self>, slot: &Mutex<Option<Sticky>>) -> Option<SendRequest<UpBody>> {
         let mut slot = slot.lock().ok()?;
         let st = slot.as_mut()?;
         if st.pool.id != self.id {
@@ -217,7 +223,7 @@ impl UpstreamPool {
     /// or into the pool once its response has been read.
     fn release(
         self: &Arc<Self>,
-        sender: SendRequest<Incoming>,
+        sender: SendRequest<UpBody>,
         sticky: Option<&Mutex<Option<Sticky>>>,
     ) {
         if let Some(Ok(mut slot)) = sticky.map(|s| s.lock()) {
@@ -240,7 +246,7 @@ impl UpstreamPool {
     }
 
     /// Pools `sender` now if it is ready, else once its current exchange ends.
-    fn put_when_ready(self: &Arc<Self>, mut sender: SendRequest<Incoming>) {
+    fn put_when_ready(self: &Arc<Self>, mut sender: SendRequest<UpBody>) {
         if sender.is_closed() {
             return;
         }
@@ -259,7 +265,7 @@ impl UpstreamPool {
         });
     }
 
-    fn put(&self, sender: SendRequest<Incoming>) {
+    fn put(&self, sender: SendRequest<UpBody>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < POOL_MAX_IDLE {
                 idle.push(Idle {
@@ -271,7 +277,7 @@ impl UpstreamPool {
     }
 
     /// The most recently pooled live connection.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
             if c.sender.is_ready() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
@@ -289,7 +295,7 @@ impl UpstreamPool {
     }
 
     /// Opens a new connection (TCP, then TLS for https) within CONNECT_TIMEOUT.
-    async fn connect(&self) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self) -> Result<SendRequest<UpBody>, SendError> {
         let connect = async {
             let tcp = TcpStream::connect(&self.addr)
                 .await
@@ -317,13 +323,70 @@ impl UpstreamPool {
     }
 }
 
+/// The body sent upstream: the client's, or none (a replayed request).
+#[derive(Debug)]
+pub enum UpBody {
+    /// The client's request body, streamed.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl http_body::Body for UpBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Client(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpBody::Empty => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Client(b) => b.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpBody::Client(b) => b.size_hint(),
+            UpBody::Empty => http_body::SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Whether a failed request may be sent again: no body, and a method that is safe to repeat.
+fn replayable(req: &Request<UpBody>) -> bool {
+    use http::Method;
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && http_body::Body::is_end_stream(req.body())
+}
+
+/// A copy of the request head with no body (for a replay).
+fn head_copy(req: &Request<UpBody>) -> Request<UpBody> {
+    let mut copy = Request::new(UpBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 /// HTTP/1.1 handshake on a connected stream; its connection task is spawned (able to hand the
 /// stream over to a tunnel after a 101).
-async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<Incoming>, String>
+async fn handshake<T>(io: TokioIo<T>) -> Result<SendRequest<UpBody>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // One flattened write per message: cheaper than writev for small heads (measured).
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(io)
         .await
         .map_err(|e| error_chain(&e))?;

