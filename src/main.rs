@@ -4,7 +4,8 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use authgate::config::{Config, JwtAlgorithm, LogFormat};
+use authgate::config::{Config, JwtAlgorithm, LogFormat, RuntimeFlavor};
+use authgate::server::WorkerRuntimes;
 use authgate::Gateway;
 use clap::{Parser, Subcommand};
 
@@ -168,19 +169,32 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
         }
     };
     init_logging(config.log.format);
-    // One worker: a current-thread runtime serves everything on this thread, without the
-    // work-stealing scheduler's cross-thread wake-ups.
-    let mut builder = if config.server.workers == 1 {
+    // Thread per core (the default): this thread and `workers - 1` more each run a
+    // single-threaded runtime; connections are dealt out round robin and stay where they land.
+    // Work stealing: one multi-threaded runtime.
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let per_core = workers == 1 || config.server.runtime == RuntimeFlavor::ThreadPerCore;
+    let rt = if per_core {
         tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
     };
-    if config.server.workers > 1 {
-        builder.worker_threads(config.server.workers);
-    }
-    let rt = builder.enable_all().build()?;
-    rt.block_on(async move {
-        let gw = Gateway::start(config).await?;
+    let extra = if per_core && workers > 1 {
+        Some(WorkerRuntimes::spawn(workers - 1)?)
+    } else {
+        None
+    };
+    let handles = extra.as_ref().map_or_else(Vec::new, |w| w.handles());
+    let result = rt.block_on(async move {
+        let gw = Gateway::start_with_workers(config, handles).await?;
         {
             let snap = gw.shared().runtime.load();
             if snap.users.has_demo() {
@@ -193,9 +207,13 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
         wait_for_signals(&gw, &path).await;
         tracing::info!("shutting down");
         gw.shutdown().await;
-        tracing::info!("stopped");
         Ok::<_, anyhow::Error>(0)
-    })
+    });
+    if let Some(w) = extra {
+        w.stop();
+    }
+    tracing::info!("stopped");
+    result
 }
 
 #[cfg(unix)]

@@ -406,3 +406,25 @@ fn run_with_unusable_tls_files_exits_1_with_message_and_no_panic() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn config_server_runtime_accepts_both_flavours_and_names_a_bad_one() {
+    use authgate::config::RuntimeFlavor;
+    for (text, want) in [
+        ("", RuntimeFlavor::ThreadPerCore),
+        (
+            "runtime = \"thread-per-core\"\n",
+            RuntimeFlavor::ThreadPerCore,
+        ),
+        ("runtime = \"work-stealing\"\n", RuntimeFlavor::WorkStealing),
+    ] {
+        let toml = VALID.replace("[server]\n", &format!("[server]\n{text}"));
+        let c = authgate::Config::from_toml_str(&toml, Path::new(FILE)).unwrap();
+        assert_eq!(c.server.runtime, want, "{text}");
+    }
+    let e = error_for(
+        &VALID.replace("[server]\n", "[server]\nruntime = \"green-threads\"\n"),
+        "server.runtime",
+    );
+    assert!(e.message.contains("green-threads"), "{e}");
+}

@@ -284,7 +284,7 @@ def cmd_report(args):
              f"load cpus {meta.get('load_cpus')})" if meta.get("pin") == "1" else "")
           + f" authgate workers={meta.get('authgate_workers')}")
     if meta.get("authgate_threads"):
-        print(f"authgate tokio worker threads at start: {meta.get('authgate_threads')}")
+        print(f"authgate serving threads at start ({meta.get('authgate_runtime', 'thread-per-core')}): {meta.get('authgate_threads')}")
 
     thr = summarize(runs, "load", order)
     out["throughput"] = thr

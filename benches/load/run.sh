@@ -33,6 +33,7 @@ Environment (flags above set the same variables):
   TARGETS              subset of: upstream nginx-proxy haproxy-hs256 haproxy-es256
                        authgate-session authgate-hs256 authgate-eddsa
   AUTHGATE_WORKERS=1   [server] workers of every authgate instance
+  AUTHGATE_RUNTIME=thread-per-core   [server] runtime (or work-stealing)
   JWT_CACHE_SIZE       [auth.jwt] cache_size of the JWT instances (default: authgate's default)
   HASH_POOL            [auth] login_concurrency of the authgate instances (default: authgate's: one per core, at most 4)
   SKIP_STORM=0         1: skip the login storm
@@ -78,6 +79,7 @@ WARMUP="${WARMUP:-1}"; WARMUP="${WARMUP%s}"
 LAT_DURATION="${LAT_DURATION:-$DURATION}"; LAT_DURATION="${LAT_DURATION%s}"
 PIN="${PIN:-0}"
 AUTHGATE_WORKERS="${AUTHGATE_WORKERS:-1}"
+AUTHGATE_RUNTIME="${AUTHGATE_RUNTIME:-thread-per-core}"
 JWT_CACHE_SIZE="${JWT_CACHE_SIZE:-}"
 HASH_POOL="${HASH_POOL:-}"
 SKIP_STORM="${SKIP_STORM:-0}"
@@ -100,6 +102,7 @@ for v in DURATION CONNECTIONS ROUNDS WARMUP LAT_DURATION AUTHGATE_WORKERS LOGIN_
          STORM_CONNECTIONS STORM_GET_RATE; do
   is_uint "${!v}" || die "$v must be a whole number (got '${!v}')"
 done
+case "$AUTHGATE_RUNTIME" in thread-per-core|work-stealing) ;; *) die "AUTHGATE_RUNTIME must be thread-per-core or work-stealing" ;; esac
 [ "$DURATION" -ge 1 ] && [ "$ROUNDS" -ge 1 ] && [ "$CONNECTIONS" -ge 1 ] || die "DURATION, ROUNDS, CONNECTIONS must be >= 1"
 for t in $TARGETS; do
   case " $ALL_TARGETS " in *" $t "*) ;; *) die "unknown target '$t' (known: $ALL_TARGETS)" ;; esac
@@ -369,6 +372,7 @@ authgate_cfg() { # PORT MODE [ALG KEYFILE]
 listen = "127.0.0.1:$1"
 public_url = "http://127.0.0.1:$1"
 workers = $AUTHGATE_WORKERS
+runtime = "$AUTHGATE_RUNTIME"
 shutdown_grace = "1s"
 
 [log]
@@ -433,18 +437,24 @@ wait_ready authgate-hs256 "$P_AG_HS"
 wait_ready authgate-eddsa "$P_AG_ED"
 wait_ready authgate-es256-mint "$P_AG_ES"
 
-# Async worker threads actually running (tokio names them tokio-rt-worker; blocking-pool threads
-# share the name but none exist before the first login).
+# Threads serving connections: the main thread plus ag-worker-N (thread-per-core), or tokio's
+# tokio-rt-worker threads (work-stealing; blocking-pool threads share that name but none exist
+# before the first login).
 AG_THREADS=""
 for n in authgate-session authgate-hs256 authgate-eddsa; do
   pv="PID_${n//-/_}"
-  c="$(ps -T -p "${!pv}" -o comm= | grep -c '^tokio-rt-worker' || true)"
+  comms="$(ps -T -p "${!pv}" -o comm=)"
+  if [ "$AUTHGATE_RUNTIME" = work-stealing ] && [ "$AUTHGATE_WORKERS" != 1 ]; then
+    c="$(grep -c '^tokio-rt-worker' <<<"$comms" || true)"
+  else
+    c=$(( 1 + $(grep -c '^ag-worker-' <<<"$comms" || true) ))
+  fi
   AG_THREADS+="$n=$c "
   if [ "$AUTHGATE_WORKERS" -gt 0 ] && [ "$c" -gt "$AUTHGATE_WORKERS" ]; then
-    echo "WARNING: $n runs $c tokio worker threads although [server] workers = $AUTHGATE_WORKERS" >&2
+    echo "WARNING: $n runs $c serving threads although [server] workers = $AUTHGATE_WORKERS" >&2
   fi
 done
-say "authgate tokio worker threads at start: $AG_THREADS"
+say "authgate serving threads at start ($AUTHGATE_RUNTIME): $AG_THREADS"
 
 # --------------------------------------------------------------------------- credentials
 login_cookie() { # PORT -> cookie value on stdout
@@ -586,7 +596,7 @@ fi
   echo "duration=$DURATION"; echo "lat_duration=$LAT_DURATION"; echo "connections=$CONNECTIONS"
   echo "threads=$THREADS"; echo "rounds=$ROUNDS"; echo "warmup=$WARMUP"; echo "pin=$PIN"
   echo "upstream_cpus=$UPSTREAM_CPUS"; echo "server_cpus=$SERVER_CPUS"; echo "load_cpus=$LOAD_CPUS"
-  echo "targets=$TARGETS"; echo "authgate_workers=$AUTHGATE_WORKERS"; echo "authgate_threads=$AG_THREADS"
+  echo "targets=$TARGETS"; echo "authgate_workers=$AUTHGATE_WORKERS"; echo "authgate_runtime=$AUTHGATE_RUNTIME"; echo "authgate_threads=$AG_THREADS"
   echo "jwt_cache_size=${JWT_CACHE_SIZE:-default}"; echo "hash_pool=${HASH_POOL:-default (one per core, max 4)}"
   echo "storm_target=$STORM_TARGET"; echo "storm_connections=$STORM_CONNECTIONS"
   echo "storm_get_rate=$STORM_GET_RATE"; echo "storm_delay_ms=$STORM_DELAY_MS"

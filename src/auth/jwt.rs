@@ -139,7 +139,49 @@ pub struct VerifiedToken {
     /// Login session id, carried over sliding renewals: logout revokes it, so tokens renewed
     /// from (or into) the one presented at logout die with it.
     pub sid: String,
+    /// The revocation generation at which this (cached) token was last found not revoked.
+    pub revocations_checked: RevocationMark,
 }
+
+/// Remembers the revocation generation ([`crate::auth::revocation::RevocationStore::generation`])
+/// at which a cached token was last found not revoked, so that repeats skip the deny-list
+/// lookups until a revocation happens. Starts (and clones) as "never checked"; not part of the
+/// token's identity.
+#[derive(Debug)]
+pub struct RevocationMark(std::sync::atomic::AtomicU64);
+
+impl RevocationMark {
+    /// Whether the token was found not revoked at `generation`.
+    pub fn is_checked_at(&self, generation: u64) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) == generation
+    }
+
+    /// Records that the token was found not revoked at `generation` (read before the lookups).
+    pub fn set_checked_at(&self, generation: u64) {
+        self.0
+            .store(generation, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Default for RevocationMark {
+    fn default() -> Self {
+        RevocationMark(std::sync::atomic::AtomicU64::new(u64::MAX))
+    }
+}
+
+impl Clone for RevocationMark {
+    fn clone(&self) -> Self {
+        RevocationMark::default()
+    }
+}
+
+impl PartialEq for RevocationMark {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RevocationMark {}
 
 /// A freshly issued token and its claims.
 pub struct IssuedToken {
@@ -585,6 +627,7 @@ impl JwtKeys {
                 exp,
                 auth_time,
                 sid,
+                revocations_checked: RevocationMark::default(),
             },
         })
     }
@@ -679,6 +722,7 @@ impl JwtKeys {
             exp,
             auth_time,
             sid,
+            revocations_checked: RevocationMark::default(),
         })
     }
 
@@ -2516,6 +2560,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 exp: t + 600,
                 auth_time: t,
                 sid: "s".into(),
+                revocations_checked: RevocationMark::default(),
             }),
         };
         cache.cache.insert(hash, planted);

@@ -89,12 +89,19 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
                     return None;
                 }
             };
-            if live.revocations.is_jti_revoked(&vt.jti)
-                || live.revocations.is_jti_revoked(&vt.sid)
-                || live.revocations.is_user_revoked(&vt.sub, vt.iat)
-            {
-                tracing::debug!(user = %vt.sub, "jwt revoked");
-                return None;
+            // The deny-lists are only consulted again for a cached token once something has
+            // been revoked since it was last found clean (read the generation first: a
+            // revocation racing with the lookups bumps it afterwards, forcing a re-check).
+            let generation = live.revocations.generation();
+            if !vt.revocations_checked.is_checked_at(generation) {
+                if live.revocations.is_jti_revoked(&vt.jti)
+                    || live.revocations.is_jti_revoked(&vt.sid)
+                    || live.revocations.is_user_revoked(&vt.sub, vt.iat)
+                {
+                    tracing::debug!(user = %vt.sub, "jwt revoked");
+                    return None;
+                }
+                vt.revocations_checked.set_checked_at(generation);
             }
             let user = rt.users.get(&vt.sub)?.clone();
             let renew = if matches!(src, Source::Cookie(_)) {

@@ -4,6 +4,7 @@
 //! Entries only need to live as long as the tokens they deny, which are short-lived.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -41,6 +42,8 @@ pub struct Revocations {
     jtis: moka::sync::Cache<String, Duration>,
     /// username → tokens with `iat` at or before this are revoked.
     users: DashMap<String, u64>,
+    /// Bumped after every added revocation.
+    generation: AtomicU64,
 }
 
 impl fmt::Debug for Revocations {
@@ -68,6 +71,7 @@ impl Revocations {
         Revocations {
             jtis,
             users: DashMap::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -83,6 +87,12 @@ impl Revocations {
         }
         self.jtis
             .insert(jti.to_owned(), Duration::from_secs(until - now));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes after every revocation added (never on expiry or pruning, which revoke nothing).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether `jti` has been revoked (and the token could still be otherwise valid).
@@ -98,6 +108,7 @@ impl Revocations {
             .entry(username.to_owned())
             .and_modify(|t| *t = (*t).max(at))
             .or_insert(at);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// true if the token (user, iat) was issued at or before the user's not-before.
@@ -126,6 +137,9 @@ pub trait RevocationStore: Send + Sync + 'static {
     fn is_user_revoked(&self, username: &str, iat: u64) -> bool;
     /// Forgets per-user times at or before `older_than`.
     fn prune_users(&self, older_than: u64);
+    /// A number that changes (after the fact) whenever a revocation is added, here or (for a
+    /// shared store) anywhere: a "not revoked" answer stays true while it is unchanged.
+    fn generation(&self) -> u64;
 }
 
 impl RevocationStore for Revocations {
@@ -144,6 +158,9 @@ impl RevocationStore for Revocations {
     fn prune_users(&self, older_than: u64) {
         Revocations::prune_users(self, older_than)
     }
+    fn generation(&self) -> u64 {
+        Revocations::generation(self)
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +168,22 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn unit_generation_changes_with_every_added_revocation_only() {
+        let r = Revocations::new(100);
+        let g0 = r.generation();
+        r.revoke_jti("abc", NOW + 900, NOW);
+        let g1 = r.generation();
+        assert_ne!(g0, g1, "a jti revocation");
+        r.revoke_user_before("alice", NOW);
+        let g2 = r.generation();
+        assert_ne!(g1, g2, "a sign-out-everywhere");
+        r.revoke_jti("", NOW + 900, NOW);
+        r.revoke_jti("old", NOW - MAX_LEEWAY_SECS - 1, NOW);
+        r.prune_users(NOW + 1);
+        assert_eq!(r.generation(), g2, "nothing was revoked");
+    }
 
     #[test]
     fn unit_revoked_jti_is_revoked() {

@@ -142,6 +142,18 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Runtime worker threads (0 = one per available core).
     pub workers: usize,
+    /// How the workers share the connections.
+    pub runtime: RuntimeFlavor,
+}
+
+/// `server.runtime`: how worker threads share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeFlavor {
+    /// One single-threaded runtime per worker; accepted connections are dealt out round robin
+    /// and stay on their worker (no cross-thread wake-ups on the request path).
+    ThreadPerCore,
+    /// One work-stealing runtime with `workers` threads (evens out uneven connections).
+    WorkStealing,
 }
 
 /// `[server.tls]`
@@ -641,6 +653,19 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         ),
         max_header_bytes,
         workers: raw.server.workers.unwrap_or(0),
+        runtime: match raw.server.runtime.as_deref() {
+            None | Some("thread-per-core") => RuntimeFlavor::ThreadPerCore,
+            Some("work-stealing") => RuntimeFlavor::WorkStealing,
+            Some(o) => {
+                c.err(
+                    "server.runtime",
+                    format!(
+                        "unknown runtime {o:?} (expected \"thread-per-core\" or \"work-stealing\")"
+                    ),
+                );
+                RuntimeFlavor::ThreadPerCore
+            }
+        },
     };
     if server.workers > 1024 {
         c.err("server.workers", "must be at most 1024 (0 = one per core)");

@@ -35,6 +35,7 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     pub max_header_bytes: Option<usize>,
     pub workers: Option<usize>,
+    pub runtime: Option<String>,
 }
 
 /// `[server.tls]`

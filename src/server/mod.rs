@@ -34,8 +34,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the snapshot, binds the listeners and starts serving.
+    /// Builds the snapshot, binds the listeners and starts serving on the current runtime.
     pub async fn start(config: Config) -> anyhow::Result<Gateway> {
+        Gateway::start_with_workers(config, Vec::new()).await
+    }
+
+    /// Like [`Gateway::start`], and deals accepted connections out round robin between the
+    /// current runtime and `workers` (single-threaded runtimes, see [`WorkerRuntimes`]); a
+    /// connection and its upstream connections then stay on one thread.
+    pub async fn start_with_workers(
+        config: Config,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> anyhow::Result<Gateway> {
         tls::install_crypto_provider();
         let runtime = Runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let cfg = runtime.config.clone();
@@ -82,6 +92,7 @@ impl Gateway {
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);
 
+        let workers: Arc<[tokio::runtime::Handle]> = workers.into();
         let mut loops = Vec::new();
         for (l, tls) in listeners {
             loops.push(tokio::spawn(accept_loop(
@@ -92,6 +103,7 @@ impl Gateway {
                 limit.clone(),
                 stop_rx.clone(),
                 cfg.server.header_read_timeout,
+                workers.clone(),
             )));
         }
         shared.ready.store(true, Ordering::Release);
@@ -236,7 +248,59 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: Vec<F>) {
     }
 }
 
+/// Single-threaded tokio runtimes on their own threads, one per extra worker
+/// (`server.runtime = "thread-per-core"`): each serves the connections dealt to it from start to
+/// end, with its own I/O driver and timers, so a request never wakes another thread.
+pub struct WorkerRuntimes {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerRuntimes {
+    /// Starts `n` worker threads, each running a current-thread runtime until [`Self::stop`].
+    pub fn spawn(n: usize) -> std::io::Result<WorkerRuntimes> {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut handles = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let mut stop_rx = stop_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ag-worker-{}", i + 1)) // 15-byte comm limit
+                    .spawn(move || {
+                        rt.block_on(stopped(&mut stop_rx));
+                    })?,
+            );
+        }
+        Ok(WorkerRuntimes {
+            handles,
+            stop,
+            threads,
+        })
+    }
+
+    /// Handles to spawn onto (for [`Gateway::start_with_workers`]).
+    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.handles.clone()
+    }
+
+    /// Stops the runtimes (call after the gateway's shutdown: what is still running is dropped)
+    /// and joins their threads.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Accepts until told to stop; returns the connections' shutdown handle so the caller can drain them.
+#[allow(clippy::too_many_arguments)] // one call site: Gateway::start hands over what it built
 async fn accept_loop(
     l: TcpListener,
     tls: Tls,
@@ -245,8 +309,11 @@ async fn accept_loop(
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     first_request: Duration,
+    workers: Arc<[tokio::runtime::Handle]>,
 ) -> GracefulShutdown {
     let graceful = GracefulShutdown::new();
+    // Round robin over this runtime (0) and the workers (1..).
+    let mut turn = 0usize;
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return graceful },
@@ -269,18 +336,51 @@ async fn accept_loop(
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            serve(
-                stream,
-                peer,
-                permit,
-                tls,
-                shared,
-                builder,
-                watcher,
-                first_request,
-            )
-            .await;
+        let worker = turn % (workers.len() + 1);
+        turn = turn.wrapping_add(1);
+        if worker == 0 {
+            tokio::spawn(async move {
+                serve(
+                    stream,
+                    peer,
+                    permit,
+                    tls,
+                    shared,
+                    builder,
+                    watcher,
+                    first_request,
+                )
+                .await;
+            });
+            continue;
+        }
+        // The socket moves to the worker's I/O driver, so its events wake that thread only.
+        let std_stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
+        };
+        workers[worker - 1].spawn(async move {
+            match TcpStream::from_std(std_stream) {
+                Ok(stream) => {
+                    serve(
+                        stream,
+                        peer,
+                        permit,
+                        tls,
+                        shared,
+                        builder,
+                        watcher,
+                        first_request,
+                    )
+                    .await
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "worker cannot take the connection")
+                }
+            }
         });
     }
 }

@@ -355,6 +355,14 @@ impl TestGateway {
     /// Starts a gateway from TOML text. `{dir}` in the text is replaced by the temp dir path.
     /// A `[server]` section with `listen = "127.0.0.1:0"` is added unless the text has one.
     pub async fn start(toml: &str) -> TestGateway {
+        TestGateway::start_with_workers(toml, Vec::new()).await
+    }
+
+    /// Like [`TestGateway::start`], dealing connections out to `workers` runtimes too.
+    pub async fn start_with_workers(
+        toml: &str,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let text = toml.replace("{dir}", dir.path().to_str().unwrap());
         let text = if text.contains("[server]") {
@@ -366,7 +374,9 @@ impl TestGateway {
         std::fs::write(&path, &text).unwrap();
         let cfg = authgate::Config::load(&path)
             .unwrap_or_else(|e| panic!("config invalid: {e}\n---\n{text}"));
-        let gw = authgate::Gateway::start(cfg).await.unwrap();
+        let gw = authgate::Gateway::start_with_workers(cfg, workers)
+            .await
+            .unwrap();
         let addr = gw.http_addr().or(gw.https_addr()).unwrap();
         let https_addr = gw.https_addr();
         TestGateway {
