@@ -185,7 +185,7 @@ fn bench_headers(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
-    let names: Vec<String> = rt.strip_names.clone();
+    let names: Vec<String> = rt.strip_names.names().to_vec();
     g.bench_function("baseline_naive_lowercase_alloc", |b| {
         b.iter_batched(
             || request("/x", &cookie),

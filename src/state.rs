@@ -16,7 +16,7 @@ use crate::config::{
     AuthMode, Config, ConfigError, ConfigErrors, UpstreamTarget, ALL_PRESET_HEADERS,
 };
 use crate::login::limit::{LoginLimitStore, LoginLimiter};
-use crate::pipeline::headers::FORWARDING_HEADERS;
+use crate::pipeline::headers::{NameSet, FORWARDING_HEADERS};
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::upstream::{tls_config, UpstreamPool};
 
@@ -29,9 +29,9 @@ pub struct Runtime {
     /// Users by name, with prepared identity header values.
     pub users: Users,
     /// Normalised identity header names stripped from every client request.
-    pub strip_names: Vec<String>,
+    pub strip_names: NameSet,
     /// Normalised forwarding header names stripped unless the peer is trusted.
-    pub forwarding_names: Vec<String>,
+    pub forwarding_names: NameSet,
     /// Upstream connection pools, one per distinct (scheme, authority, CA); routes index them.
     pub upstreams: Vec<Arc<UpstreamPool>>,
     /// JWT keys (jwt mode).
@@ -175,8 +175,8 @@ impl Runtime {
         Ok(Runtime {
             router: Router::new(routes),
             users,
-            strip_names,
-            forwarding_names: FORWARDING_HEADERS.iter().map(|s| s.to_string()).collect(),
+            strip_names: NameSet::new(strip_names),
+            forwarding_names: NameSet::new(FORWARDING_HEADERS.iter().map(|s| s.to_string())),
             upstreams: upstreams.into_iter().map(|(_, _, p)| p).collect(),
             jwt,
             tls,

@@ -100,13 +100,51 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     upgrade
 }
 
+/// A set of normalised header names (lowercase, `-` for `_` and `.`), bucketed by length so a
+/// request header is only compared with the names of its own length.
+#[derive(Debug, Clone, Default)]
+pub struct NameSet {
+    names: Vec<String>,
+    by_len: Vec<Vec<Box<[u8]>>>,
+}
+
+impl NameSet {
+    /// The set of `names` (already normalised).
+    pub fn new<I: IntoIterator<Item = String>>(names: I) -> NameSet {
+        let mut set = NameSet::default();
+        for n in names {
+            if set.names.contains(&n) {
+                continue;
+            }
+            if set.by_len.len() <= n.len() {
+                set.by_len.resize_with(n.len() + 1, Vec::new);
+            }
+            set.by_len[n.len()].push(n.as_bytes().into());
+            set.names.push(n);
+        }
+        set
+    }
+
+    /// The names, in insertion order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the (lowercase) header name `name` normalises to a member.
+    #[inline]
+    pub fn matches(&self, name: &[u8]) -> bool {
+        self.by_len
+            .get(name.len())
+            .is_some_and(|bucket| bucket.iter().any(|n| eq_normalized(name, n)))
+    }
+}
+
 /// Removes from `headers` every header whose normalised name is in `names`.
 /// The common case (nothing to strip) allocates nothing.
-pub fn strip_normalized(headers: &mut HeaderMap, names: &[String]) {
+pub fn strip_normalized(headers: &mut HeaderMap, names: &NameSet) {
     let mut doomed: Option<Vec<HeaderName>> = None;
     for name in headers.keys() {
-        let b = name.as_str().as_bytes();
-        if names.iter().any(|n| eq_normalized(b, n.as_bytes())) {
+        if names.matches(name.as_str().as_bytes()) {
             doomed.get_or_insert_with(Vec::new).push(name.clone());
         }
     }
@@ -254,6 +292,40 @@ mod tests {
         assert!(eq_normalized(b"x_forwarded_user", b"x-forwarded-user"));
         assert!(eq_normalized(b"x.forwarded.user", b"x-forwarded-user"));
         assert!(!eq_normalized(b"x-forwarded-users", b"x-forwarded-user"));
+    }
+
+    #[test]
+    fn strip_normalized_removes_every_spelling_of_member_names_only() {
+        let set = NameSet::new(
+            ["x-forwarded-user", "remote-user", "x-forwarded-user", "x"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        assert_eq!(set.names(), ["x-forwarded-user", "remote-user", "x"]);
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("x-forwarded-user", "a"),
+            ("x_forwarded_user", "b"),
+            ("x.forwarded.user", "c"),
+            ("remote_user", "d"),
+            ("x", "e"),
+            ("x-forwarded-users", "keep"),
+            ("y", "keep"),
+            ("a-very-long-header-name-longer-than-every-member", "keep"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_normalized(&mut h, &set);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "a-very-long-header-name-longer-than-every-member",
+                "x-forwarded-users",
+                "y"
+            ]
+        );
     }
 
     #[test]

@@ -354,7 +354,7 @@ pub fn build_upstream_phase<B>(
                 req.headers_mut()
                     .insert(header::HOST, upstream_host.clone());
             }
-            if let Some(uri) = route.upstream_uri(&ctx.path, req.uri().query()) {
+            if let Some(uri) = route.upstream_uri(&ctx.path, req.uri().query(), req.uri()) {
                 *req.uri_mut() = uri;
             }
         }

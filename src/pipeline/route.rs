@@ -46,10 +46,22 @@ impl Route {
 
     /// The upstream request target (origin form: the upstream's base path, the normalised path
     /// and the query); the connection is chosen by the route's pool, the `Host` header set apart.
-    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
+    /// `original` is the client's request target: reused as is (no copy, no re-parse) when there
+    /// is no base path and normalisation changed nothing.
+    pub fn upstream_uri(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        original: &http::Uri,
+    ) -> Option<http::Uri> {
         let UpstreamTarget::Http { base_path, .. } = &self.config.upstream else {
             return None;
         };
+        if base_path.is_empty() && original.path() == path {
+            if let Some(pq) = original.path_and_query() {
+                return Some(http::Uri::from(pq.clone()));
+            }
+        }
         let mut pq =
             String::with_capacity(base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(base_path);
@@ -162,6 +174,40 @@ mod tests {
             client: 0,
             host_header: None,
         }
+    }
+
+    #[test]
+    fn upstream_uri_is_origin_form_of_the_normalised_path_with_base_and_query() {
+        let mut r = route(HostMatch::Any, "/", 0);
+        let http = |base: &str| UpstreamTarget::Http {
+            scheme: http::uri::Scheme::HTTP,
+            authority: "app:3000".parse().unwrap(),
+            base_path: base.into(),
+        };
+        r.config.upstream = http("");
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        // Unchanged path: the client's target, query and all.
+        let got = r
+            .upstream_uri("/a/b", Some("x=1"), &uri("/a/b?x=1"))
+            .unwrap();
+        assert_eq!(got, "/a/b?x=1");
+        // Absolute-form request targets become origin form.
+        let got = r
+            .upstream_uri("/a/b", Some("x=1"), &uri("http://gw.test/a/b?x=1"))
+            .unwrap();
+        assert_eq!(got.to_string(), "/a/b?x=1");
+        // Normalisation changed the path: the normalised one is sent.
+        let got = r.upstream_uri("/a/b", None, &uri("/a/./c/../b")).unwrap();
+        assert_eq!(got, "/a/b");
+        // A base path is prepended.
+        r.config.upstream = http("/base");
+        let got = r
+            .upstream_uri("/a/b", Some("x=1"), &uri("/a/b?x=1"))
+            .unwrap();
+        assert_eq!(got, "/base/a/b?x=1");
+        // Builtins have none.
+        r.config.upstream = UpstreamTarget::Whoami;
+        assert!(r.upstream_uri("/a", None, &uri("/a")).is_none());
     }
 
     #[test]
