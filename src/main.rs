@@ -231,10 +231,21 @@ async fn wait_for_signals(gw: &Gateway, path: &std::path::Path) {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => match Config::load(path) {
-                Ok(c) => if let Err(e) = gw.reload(c) { tracing::error!(errors = %e, "reload failed; keeping the old configuration") },
-                Err(e) => tracing::error!(errors = %e, "reload failed; keeping the old configuration"),
-            },
+            _ = hup.recv() => {
+                // Reading files and building the snapshot (key parsing, a password hash) takes a
+                // while: off this thread, which also accepts and serves connections.
+                let (shared, path) = (gw.shared().clone(), path.to_owned());
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let config = Config::load(&path).map_err(|e| e.to_string())?;
+                    authgate::server::reload(&shared, config).map_err(|e| e.to_string())
+                })
+                .await;
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(errors = %e, "reload failed; keeping the old configuration"),
+                    Err(e) => tracing::error!(error = %e, "reload task failed; keeping the old configuration"),
+                }
+            }
         }
     }
 }

@@ -401,6 +401,13 @@ async fn proxy_upstream_host_is_the_upstreams_unless_preserve_host() {
     let s = up.last();
     assert_eq!(s.uri, "/keep/x");
     assert_eq!(s.one("host").as_deref(), Some("app.example.com:8443"));
+
+    // An HTTP/1.0 client without Host: the upstream still gets one (its own).
+    let r = raw_request(gw.addr, "GET /keep/y HTTP/1.0\r\n\r\n").await;
+    assert_eq!(raw_status(&r), 200, "{r}");
+    let s = up.last();
+    assert_eq!(s.uri, "/keep/y");
+    assert_eq!(s.one("host").unwrap(), up.addr.to_string());
     gw.shutdown().await;
 }
 

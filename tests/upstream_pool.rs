@@ -54,6 +54,8 @@ struct CountingUpstream {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     served: Arc<AtomicUsize>,
+    /// Connections that ended ([`hyper_upstream`] only).
+    closed: Arc<AtomicUsize>,
 }
 
 impl CountingUpstream {
@@ -65,6 +67,9 @@ impl CountingUpstream {
     }
     fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+    fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -78,11 +83,12 @@ where
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let served = Arc::new(AtomicUsize::new(0));
-    let (acc, srv) = (accepted.clone(), served.clone());
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (acc, srv, cls) = (accepted.clone(), served.clone(), closed.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = l.accept().await {
             acc.fetch_add(1, Ordering::SeqCst);
-            let (handler, served) = (handler.clone(), srv.clone());
+            let (handler, served, closed) = (handler.clone(), srv.clone(), cls.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let (handler, served) = (handler.clone(), served.clone());
@@ -95,6 +101,7 @@ where
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
+                closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -102,6 +109,7 @@ where
         addr,
         accepted,
         served,
+        closed,
     }
 }
 
@@ -178,6 +186,7 @@ async fn one_shot_upstream(
             addr,
             accepted,
             served,
+            closed: Arc::new(AtomicUsize::new(0)),
         },
         closed_rx,
     )
@@ -744,5 +753,91 @@ async fn upstream_connection_close_on_every_response_keeps_client_connection_wor
         );
     }
     assert_eq!(up.served(), 10, "each request reaches the upstream once");
+    gw.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. A reload retires the old snapshot's pool; 8. only a closed connection is worth a replay
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_retires_the_old_pool_and_kept_client_connections_move_to_the_new_one() {
+    init();
+    let up = hyper_upstream(|_req| async { text("ok") }).await;
+    let gw = TestGateway::start(&public_route(&up.url())).await;
+    // Two kept client connections, each holding its own upstream connection.
+    let mut a = RawConn::connect(gw.addr).await;
+    let mut b = RawConn::connect(gw.addr).await;
+    assert_eq!(a.get("/a/before").await.status, 200);
+    assert_eq!(b.get("/b/before").await.status, 200);
+    assert_eq!(up.accepted(), 2);
+    gw.gateway()
+        .reload(authgate::Config::load(&gw.config_path).unwrap())
+        .unwrap();
+    // A's next request uses the new pool; A's old upstream connection is closed rather than
+    // parked in the old pool (which B's kept connection still references).
+    for i in 0..3 {
+        assert_eq!(a.get(&format!("/a/after/{i}")).await.status, 200);
+    }
+    assert_eq!(up.accepted(), 3, "one new upstream connection for A");
+    guard(
+        "the old pool closing A's previous upstream connection",
+        async {
+            while up.closed() < 1 {
+                tokio::task::yield_now().await;
+            }
+        },
+    )
+    .await;
+    assert_eq!(b.get("/b/after").await.status, 200);
+    assert_eq!(up.served(), 6);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_answer_on_a_reused_connection_is_not_sent_twice() {
+    init();
+    // Answers the first request on each connection properly, the second with garbage.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                for n in 0.. {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let answer: &[u8] = if n == 0 {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 2x0 Nonsense\r\n\r\n"
+                    };
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = TestGateway::start(&public_route(&format!("http://{addr}"))).await;
+    let mut c = RawConn::connect(gw.addr).await;
+    assert_eq!(c.get("/first").await.status, 200);
+    let r = c.get("/second").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        2,
+        "the GET that got an unparsable answer was replayed"
+    );
     gw.shutdown().await;
 }

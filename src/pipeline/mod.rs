@@ -347,9 +347,9 @@ pub fn build_upstream_phase<B>(
     match &route.host_header {
         Some(upstream_host) => {
             if route.config.preserve_host {
-                if let Some(h) = host_value {
-                    req.headers_mut().insert(header::HOST, h);
-                }
+                // An HTTP/1.0 client may send no Host: the upstream still gets one.
+                let h = host_value.unwrap_or_else(|| upstream_host.clone());
+                req.headers_mut().insert(header::HOST, h);
             } else {
                 req.headers_mut()
                     .insert(header::HOST, upstream_host.clone());

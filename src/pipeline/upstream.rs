@@ -8,8 +8,15 @@
 //!
 //! Safety of reuse: only a connection whose previous exchange is complete (`is_ready`) is reused;
 //! a pooled connection the upstream has closed meanwhile makes the request come back unsent
-//! (`try_send_request`), which is then retried once on a fresh connection. A request that may
-//! have reached the upstream is never retried.
+//! (`try_send_request`), which is then retried once on a fresh connection. A request that was
+//! written into a connection that then turned out closed or reset (the upstream's keep-alive
+//! timeout racing with it) is sent once more only if it has no body and is a GET, HEAD or
+//! OPTIONS; anything else gets the error (502).
+//!
+//! Bounds: at most [`POOL_MAX_IDLE`] pooled idle connections and [`POOL_MAX_STICKY`] sticky ones
+//! per upstream (past that, a client connection's upstream connection goes back to the pool after
+//! each response); an idle client connection is closed by the server after
+//! `server.header_read_timeout`, and with it goes its sticky connection.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +39,8 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per upstream.
 pub const POOL_MAX_IDLE: usize = 512;
+/// Client connections per upstream that may each keep an upstream connection between requests.
+pub const POOL_MAX_STICKY: usize = 1024;
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -52,6 +61,10 @@ pub struct UpstreamPool {
     /// TLS connector and server name for `https` upstreams.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     idle: Mutex<Vec<Idle>>,
+    /// Live [`Sticky`] holders of this pool.
+    sticky: std::sync::atomic::AtomicUsize,
+    /// Set when a reload replaced the snapshot owning this pool: nothing is pooled any more.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -66,6 +79,8 @@ impl std::fmt::Debug for UpstreamPool {
 struct Idle {
     sender: SendRequest<UpBody>,
     since: Instant,
+    /// The thread that pooled it (its I/O task runs there): checkouts prefer their own thread's.
+    thread: std::thread::ThreadId,
 }
 
 /// The upstream connection an HTTP/1 client connection last used (kept in its `ConnInfo`).
@@ -86,8 +101,9 @@ impl std::fmt::Debug for Sticky {
 
 impl Drop for Sticky {
     fn drop(&mut self) {
+        self.pool.sticky.fetch_sub(1, Ordering::Relaxed);
         if let Some(s) = self.sender.take() {
-            self.pool.put_when_ready(s);
+            self.pool.put_when_ready(s, Some(self.since));
         }
     }
 }
@@ -146,7 +162,19 @@ impl UpstreamPool {
             addr,
             tls,
             idle: Mutex::new(Vec::new()),
+            sticky: std::sync::atomic::AtomicUsize::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Stops pooling and closes the idle connections (the snapshot owning this pool was
+    /// replaced by a reload; client connections still holding one of its connections finish
+    /// their exchange on it and then let it close).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
     }
 
     /// Number of idle pooled connections (tests and benches).
@@ -187,7 +215,7 @@ impl UpstreamPool {
                 Err(mut e) => match (e.take_message(), replay) {
                     // Never written: once more on a fresh connection.
                     (Some(r), _) if was_reused => req = r,
-                    (None, Some(copy)) => {
+                    (None, Some(copy)) if worth_replaying(e.error()) => {
                         tracing::debug!(error = %error_chain(e.error()), "reused upstream connection failed: retrying on a new one");
                         req = copy;
                     }
@@ -202,7 +230,8 @@ impl UpstreamPool {
         let mut slot = slot.lock().ok()?;
         let st = slot.as_mut()?;
         if st.pool.id != self.id {
-            // Another upstream (or an older snapshot): give it back to its own pool.
+            // Another upstream: give it back to its own pool (which closes it if a reload retired
+            // that pool).
             *slot = None;
             return None;
         }
@@ -231,27 +260,32 @@ impl UpstreamPool {
                 Some(st) if st.pool.id == self.id && st.sender.is_none() => {
                     st.sender = Some(sender);
                     st.since = Instant::now();
+                    return;
                 }
                 _ => {
-                    *slot = Some(Sticky {
-                        pool: self.clone(),
-                        sender: Some(sender),
-                        since: Instant::now(),
-                    })
+                    if self.sticky.fetch_add(1, Ordering::Relaxed) < POOL_MAX_STICKY {
+                        *slot = Some(Sticky {
+                            pool: self.clone(),
+                            sender: Some(sender),
+                            since: Instant::now(),
+                        });
+                        return;
+                    }
+                    self.sticky.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            return;
         }
-        self.put_when_ready(sender);
+        self.put_when_ready(sender, None);
     }
 
-    /// Pools `sender` now if it is ready, else once its current exchange ends.
-    fn put_when_ready(self: &Arc<Self>, mut sender: SendRequest<UpBody>) {
-        if sender.is_closed() {
+    /// Pools `sender` now if it is ready (idle since `since`, default now), else once its
+    /// current exchange ends.
+    fn put_when_ready(self: &Arc<Self>, mut sender: SendRequest<UpBody>, since: Option<Instant>) {
+        if sender.is_closed() || self.retired.load(Ordering::Acquire) {
             return;
         }
         if sender.is_ready() {
-            self.put(sender);
+            self.put(sender, since.unwrap_or_else(Instant::now));
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -260,27 +294,46 @@ impl UpstreamPool {
         let pool = self.clone();
         handle.spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(POOL_IDLE_TIMEOUT, sender.ready()).await {
-                pool.put(sender);
+                pool.put(sender, Instant::now());
             }
         });
     }
 
-    fn put(&self, sender: SendRequest<UpBody>) {
+    /// Pools a ready connection idle since `since` (closed instead when it already idled too
+    /// long, the pool is full, or retired).
+    fn put(&self, sender: SendRequest<UpBody>, since: Instant) {
+        if since.elapsed() >= POOL_IDLE_TIMEOUT || self.retired.load(Ordering::Acquire) {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < POOL_MAX_IDLE {
                 idle.push(Idle {
                     sender,
-                    since: Instant::now(),
+                    since,
+                    thread: std::thread::current().id(),
                 });
             }
         }
     }
 
-    /// The most recently pooled live connection.
+    /// The most recently pooled live connection, preferably one whose I/O runs on this thread
+    /// (thread-per-core workers: no cross-thread wake-ups).
     fn checkout(&self) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        let usable = |c: &Idle| {
+            c.sender.is_ready() && now.saturating_duration_since(c.since) < POOL_IDLE_TIMEOUT
+        };
+        let me = std::thread::current().id();
+        let recent = idle.len().saturating_sub(8)..idle.len();
+        if let Some(i) = recent
+            .rev()
+            .find(|&i| idle[i].thread == me && usable(&idle[i]))
+        {
+            return Some(idle.remove(i).sender);
+        }
         while let Some(c) = idle.pop() {
-            if c.sender.is_ready() && c.since.elapsed() < POOL_IDLE_TIMEOUT {
+            if usable(&c) {
                 return Some(c.sender);
             }
         }
@@ -359,6 +412,22 @@ impl http_body::Body for UpBody {
             UpBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }
+}
+
+/// Whether a failure on a reused connection looks like the upstream had closed it (reset,
+/// broken pipe, closed before any answer), as opposed to an answer it gave (unparsable, too large).
+fn worth_replaying(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// Whether a failed request may be sent again: no body, and a method that is safe to repeat.

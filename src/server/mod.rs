@@ -41,7 +41,8 @@ impl Gateway {
 
     /// Like [`Gateway::start`], and deals accepted connections out round robin between the
     /// current runtime and `workers` (single-threaded runtimes, see [`WorkerRuntimes`]); a
-    /// connection and its upstream connections then stay on one thread.
+    /// connection then stays on one thread, and so does the upstream connection it opens and
+    /// keeps (pooled connections are preferably handed out on the thread that pooled them).
     pub async fn start_with_workers(
         config: Config,
         workers: Vec<tokio::runtime::Handle>,
@@ -171,17 +172,7 @@ impl Gateway {
     /// revocations are kept and follow the new timeouts and limits. Listener addresses, TLS
     /// listeners and the number of hashing threads need a restart.
     pub fn reload(&self, config: Config) -> Result<(), crate::config::ConfigErrors> {
-        let rt = Runtime::build(config)?;
-        // Live state keeps its contents but follows the new limits.
-        let a = &rt.config.auth;
-        let live = &self.shared.live;
-        live.sessions
-            .set_limits(a.idle_timeout, a.max_lifetime, a.max_sessions);
-        live.limiter.set_limit(a.login_failures_per_minute);
-        self.shared.runtime.store(Arc::new(rt));
-        self.shared.live.token_cache.invalidate_all();
-        tracing::info!("configuration reloaded");
-        Ok(())
+        reload(&self.shared, config)
     }
 
     /// Starts a graceful shutdown without waiting.
@@ -201,10 +192,30 @@ impl Gateway {
     }
 }
 
+/// Swaps in a new snapshot built from `config` (see [`Gateway::reload`]); callable from any
+/// thread. The old snapshot's upstream pools are retired: their idle connections close.
+pub fn reload(shared: &Shared, config: Config) -> Result<(), crate::config::ConfigErrors> {
+    let rt = Runtime::build(config)?;
+    // Live state keeps its contents but follows the new limits.
+    let a = &rt.config.auth;
+    let live = &shared.live;
+    live.sessions
+        .set_limits(a.idle_timeout, a.max_lifetime, a.max_sessions);
+    live.limiter.set_limit(a.login_failures_per_minute);
+    let old = shared.runtime.swap(Arc::new(rt));
+    for pool in &old.upstreams {
+        pool.retire();
+    }
+    shared.live.token_cache.invalidate_all();
+    tracing::info!("configuration reloaded");
+    Ok(())
+}
+
 type Tls = Option<(tokio_rustls::TlsAcceptor, Duration)>;
 
-/// Frees expired live state and idle upstream connections past their timeout periodically, off the async workers (a sweep of 1M sessions takes
-/// tens of milliseconds). Reads never depend on it: expiry is checked on every lookup.
+/// Frees expired live state and idle upstream connections past their timeout periodically, off
+/// the async workers (a sweep of 1M sessions takes tens of milliseconds). Reads never depend on
+/// it: expiry is checked on every lookup.
 async fn sweep_live_state(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(crate::auth::session::SWEEP_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
