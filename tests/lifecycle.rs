@@ -3,9 +3,7 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::io::BufRead;
 
 fn config(upstream: &str, extra_route: &str) -> String {
     format!(
@@ -79,48 +77,6 @@ async fn reload_failing_snapshot_build_keeps_old_configuration() {
     gw.shutdown().await;
 }
 
-/// Starts the real binary on an ephemeral port; returns the child and the address it logged.
-fn spawn_binary(
-    config: &std::path::Path,
-) -> (
-    std::process::Child,
-    String,
-    BufReader<std::process::ChildStderr>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .env("AUTHGATE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "binary exited before listening"
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "listening (http)" {
-            break v["addr"].as_str().unwrap().to_string();
-        }
-    };
-    (child, addr, err)
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
 #[tokio::test]
 async fn binary_reloads_on_sighup_and_exits_zero_on_sigterm() {
     init();
@@ -132,7 +88,7 @@ async fn binary_reloads_on_sighup_and_exits_zero_on_sigterm() {
         config(&up.url(), "")
     );
     std::fs::write(&path, &base).unwrap();
-    let (mut child, addr, mut stderr) = spawn_binary(&path);
+    let (child, addr, mut stderr) = spawn_binary(&path);
     let c = client();
     let r = c.get(format!("http://{addr}/open")).send().await.unwrap();
     assert_eq!(r.status(), 401);
@@ -161,17 +117,7 @@ async fn binary_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let r = c.get(format!("http://{addr}/open")).send().await.unwrap();
     assert_eq!(r.status(), 200, "SIGHUP applied the new route");
 
-    signal(&child, "TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        // Drain stderr so the child never blocks on a full pipe.
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-        child.wait().unwrap()
-    });
-    let status = tokio::time::timeout(Duration::from_secs(30), status)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = terminate_and_wait(child, stderr).await;
     assert_eq!(status.code(), Some(0), "graceful exit");
 }
 

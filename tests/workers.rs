@@ -4,8 +4,6 @@
 mod support;
 use support::*;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use authgate::server::WorkerRuntimes;
@@ -129,25 +127,7 @@ async fn binary_with_three_workers_runs_two_worker_threads_and_exits_zero() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env("AUTHGATE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "binary exited early");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "listening (http)" {
-            break v["addr"].as_str().unwrap().to_string();
-        }
-    };
+    let (child, addr, stderr) = spawn_binary(&path);
     let pid = child.id().to_string();
     let before = worker_threads(&pid, "ag-worker");
     let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
@@ -163,20 +143,6 @@ async fn binary_with_three_workers_runs_two_worker_threads_and_exits_zero() {
         assert!(a > b, "{name} never served a connection");
     }
 
-    let ok = Command::new("kill")
-        .arg("-TERM")
-        .arg(&pid)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = tokio::task::spawn_blocking(move || {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
-        child.wait().unwrap()
-    });
-    let status = tokio::time::timeout(Duration::from_secs(30), status)
-        .await
-        .unwrap()
-        .unwrap();
+    let status = terminate_and_wait(child, stderr).await;
     assert_eq!(status.code(), Some(0), "graceful exit");
 }

@@ -30,7 +30,7 @@ Environment (flags above set the same variables):
   PIN=0                1: taskset servers and load generator onto separate cores
   UPSTREAM_CPUS, SERVER_CPUS, LOAD_CPUS   cpu lists used with PIN=1 (defaults from nproc)
   QUICK=0              1: DURATION=3 ROUNDS=1 WARMUP=1 unless set explicitly
-  TARGETS              subset of: upstream nginx-proxy haproxy-hs256 haproxy-es256
+  TARGETS              subset of: upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256
                        authgate-session authgate-hs256 authgate-eddsa
   AUTHGATE_WORKERS=1   [server] workers of every authgate instance
   AUTHGATE_RUNTIME=thread-per-core   [server] runtime (or work-stealing)
@@ -92,7 +92,7 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 SKIP_INSTALL="${SKIP_INSTALL:-0}"
 KEEP_WORK="${KEEP_WORK:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/target/load}"
-ALL_TARGETS="upstream nginx-proxy haproxy-hs256 haproxy-es256 authgate-session authgate-hs256 authgate-eddsa"
+ALL_TARGETS="upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256 authgate-session authgate-hs256 authgate-eddsa"
 TARGETS="${TARGETS:-$ALL_TARGETS}"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -222,11 +222,13 @@ if [ "$PIN" = 1 ]; then say "pinning: upstream cpus $UPSTREAM_CPUS, servers cpus
 
 # --------------------------------------------------------------------------- build and tools
 if [ "$SKIP_BUILD" != 1 ]; then
-  say "cargo build --release"
-  (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
+  say "cargo build --release --bins --example hyper_floor"
+  (cd "$ROOT" && cargo build --release --bins --example hyper_floor) || die "cargo build --release failed"
 fi
 AG="$ROOT/target/release/authgate"
 [ -x "$AG" ] || die "$AG missing (build it or unset SKIP_BUILD)"
+FLOOR="$ROOT/target/release/examples/hyper_floor"
+[ -x "$FLOOR" ] || die "$FLOOR missing (cargo build --release --example hyper_floor, or unset SKIP_BUILD)"
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -287,7 +289,7 @@ EOF
 LOGIN_JSON="{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}"
 
 # --------------------------------------------------------------------------- ports and configs
-read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES <<<"$(python3 "$LIB" ports 8)"
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES P_FLOOR <<<"$(python3 "$LIB" ports 9)"
 
 nginx_common() { # DIR
   cat <<EOF
@@ -419,9 +421,10 @@ haproxy -c -q -f "$WORK/haproxy-hs256.cfg" || die "haproxy-hs256 config invalid"
 haproxy -c -q -f "$WORK/haproxy-es256.cfg" || die "haproxy-es256 config invalid"
 
 # --------------------------------------------------------------------------- start servers
-say "starting servers on 127.0.0.1 ports: upstream $P_UP, nginx-proxy $P_NGX, haproxy-hs256 $P_HAP_HS, haproxy-es256 $P_HAP_ES, authgate-session $P_AG_SESS, authgate-hs256 $P_AG_HS, authgate-eddsa $P_AG_ED"
+say "starting servers on 127.0.0.1 ports: upstream $P_UP, nginx-proxy $P_NGX, hyper-floor $P_FLOOR, haproxy-hs256 $P_HAP_HS, haproxy-es256 $P_HAP_ES, authgate-session $P_AG_SESS, authgate-hs256 $P_AG_HS, authgate-eddsa $P_AG_ED"
 start upstream PIN_UP -- nginx -e "$WORK/nginx-up/error.log" -p "$WORK/nginx-up" -c "$WORK/nginx-up/nginx.conf"
 start nginx-proxy PIN_SRV -- nginx -e "$WORK/nginx-proxy/error.log" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf"
+start hyper-floor PIN_SRV -- "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP"
 start haproxy-hs256 PIN_SRV -- haproxy -db -f "$WORK/haproxy-hs256.cfg"
 start haproxy-es256 PIN_SRV -- haproxy -db -f "$WORK/haproxy-es256.cfg"
 start authgate-session PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-session.toml"
@@ -430,6 +433,7 @@ start authgate-eddsa PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-edd
 start authgate-es256-mint PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-es256-mint.toml"
 wait_ready upstream "$P_UP"
 wait_ready nginx-proxy "$P_NGX"
+wait_ready hyper-floor "$P_FLOOR"
 wait_ready haproxy-hs256 "$P_HAP_HS"
 wait_ready haproxy-es256 "$P_HAP_ES"
 wait_ready authgate-session "$P_AG_SESS"
@@ -475,6 +479,7 @@ keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$PID_authgate_es256_mint" ] || keep
 declare -A URL COOKIE
 URL[upstream]="http://127.0.0.1:$P_UP/";             COOKIE[upstream]=""
 URL[nginx-proxy]="http://127.0.0.1:$P_NGX/";         COOKIE[nginx-proxy]=""
+URL[hyper-floor]="http://127.0.0.1:$P_FLOOR/";       COOKIE[hyper-floor]=""
 URL[haproxy-hs256]="http://127.0.0.1:$P_HAP_HS/";    COOKIE[haproxy-hs256]="$HS_TOKEN"
 URL[haproxy-es256]="http://127.0.0.1:$P_HAP_ES/";    COOKIE[haproxy-es256]="$ES_TOKEN"
 URL[authgate-session]="http://127.0.0.1:$P_AG_SESS/"; COOKIE[authgate-session]="$SESSION_COOKIE"

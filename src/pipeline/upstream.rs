@@ -61,8 +61,9 @@ pub struct UpstreamPool {
     /// TLS connector and server name for `https` upstreams.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     idle: Mutex<Vec<Idle>>,
-    /// Live [`Sticky`] holders of this pool.
+    /// Live [`Sticky`] holders of this pool, and their cap.
     sticky: std::sync::atomic::AtomicUsize,
+    max_sticky: usize,
     /// Set when a reload replaced the snapshot owning this pool: nothing is pooled any more.
     retired: std::sync::atomic::AtomicBool,
 }
@@ -163,6 +164,7 @@ impl UpstreamPool {
             tls,
             idle: Mutex::new(Vec::new()),
             sticky: std::sync::atomic::AtomicUsize::new(0),
+            max_sticky: POOL_MAX_STICKY,
             retired: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -190,7 +192,15 @@ impl UpstreamPool {
         req: Request<Incoming>,
         sticky: Option<&Mutex<Option<Sticky>>>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut req = req.map(UpBody::Client);
+        self.send_body(req.map(UpBody::Client), sticky).await
+    }
+
+    /// [`Self::send`] for any [`UpBody`].
+    pub async fn send_body(
+        self: &Arc<Self>,
+        mut req: Request<UpBody>,
+        sticky: Option<&Mutex<Option<Sticky>>>,
+    ) -> Result<Response<Incoming>, SendError> {
         let mut reused = sticky
             .and_then(|s| self.take_sticky(s))
             .or_else(|| self.checkout());
@@ -263,7 +273,7 @@ impl UpstreamPool {
                     return;
                 }
                 _ => {
-                    if self.sticky.fetch_add(1, Ordering::Relaxed) < POOL_MAX_STICKY {
+                    if self.sticky.fetch_add(1, Ordering::Relaxed) < self.max_sticky {
                         *slot = Some(Sticky {
                             pool: self.clone(),
                             sender: Some(sender),
@@ -477,4 +487,81 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A keep-alive HTTP/1.1 upstream on 127.0.0.1:0 counting accepted connections.
+    async fn upstream() -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let acc = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                acc.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        (addr.to_string(), accepted)
+    }
+
+    /// A bodiless GET (an `Incoming` cannot be built by hand: take one from a real exchange).
+    async fn get(pool: &Arc<UpstreamPool>, slot: Option<&Mutex<Option<Sticky>>>) -> u16 {
+        let resp = pool
+            .send_body(Request::get("/").body(UpBody::Empty).unwrap(), slot)
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        status
+    }
+
+    #[tokio::test]
+    async fn sticky_connections_are_capped_per_upstream_and_the_rest_is_pooled() {
+        let (addr, accepted) = upstream().await;
+        let authority: http::uri::Authority = addr.parse().unwrap();
+        let mut pool = UpstreamPool::new(&Scheme::HTTP, &authority, None).unwrap();
+        pool.max_sticky = 1;
+        let pool = Arc::new(pool);
+        let (a, b) = (Mutex::new(None), Mutex::new(None));
+        assert_eq!(get(&pool, Some(&a)).await, 200);
+        assert!(
+            a.lock().unwrap().is_some(),
+            "the first client keeps its connection"
+        );
+        assert_eq!(get(&pool, Some(&b)).await, 200);
+        assert!(
+            b.lock().unwrap().is_none(),
+            "over the cap: the second client's connection went back to the pool"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // The pooled one serves the next request of the second client; the first keeps its own.
+        let start = Instant::now();
+        while pool.idle_count() == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never pooled");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(get(&pool, Some(&b)).await, 200);
+        assert_eq!(get(&pool, Some(&a)).await, 200);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "no third connection");
+        // Dropping the first client's holder frees its place under the cap.
+        *a.lock().unwrap() = None;
+        assert_eq!(get(&pool, Some(&b)).await, 200);
+        assert!(b.lock().unwrap().is_some(), "room again under the cap");
+    }
 }

@@ -343,26 +343,19 @@ async fn accept_loop(
             _ = stopped(&mut stop) => return graceful,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let conn = Accepted {
+            peer,
+            permit,
+            tls: tls.clone(),
+            shared: shared.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            first_request,
+        };
         let worker = turn % (workers.len() + 1);
         turn = turn.wrapping_add(1);
         if worker == 0 {
-            tokio::spawn(async move {
-                serve(
-                    stream,
-                    peer,
-                    permit,
-                    tls,
-                    shared,
-                    builder,
-                    watcher,
-                    first_request,
-                )
-                .await;
-            });
+            tokio::spawn(serve(stream, conn));
             continue;
         }
         // The socket moves to the worker's I/O driver, so its events wake that thread only.
@@ -375,19 +368,7 @@ async fn accept_loop(
         };
         workers[worker - 1].spawn(async move {
             match TcpStream::from_std(std_stream) {
-                Ok(stream) => {
-                    serve(
-                        stream,
-                        peer,
-                        permit,
-                        tls,
-                        shared,
-                        builder,
-                        watcher,
-                        first_request,
-                    )
-                    .await
-                }
+                Ok(stream) => serve(stream, conn).await,
                 Err(e) => {
                     tracing::debug!(peer = %peer, error = %e, "worker cannot take the connection")
                 }
@@ -396,9 +377,8 @@ async fn accept_loop(
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site: the accept loop hands over everything it has
-async fn serve(
-    stream: TcpStream,
+/// An accepted connection and everything serving it needs.
+struct Accepted {
     peer: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     tls: Tls,
@@ -406,12 +386,25 @@ async fn serve(
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     first_request: Duration,
-) {
+}
+
+/// TLS handshake (on an HTTPS listener), then HTTP on the connection.
+async fn serve(stream: TcpStream, a: Accepted) {
+    let Accepted {
+        peer,
+        permit,
+        tls,
+        shared,
+        builder,
+        watcher,
+        first_request,
+    } = a;
     match tls {
         None => {
+            let conn = ConnInfo::new(peer, false).with_permit(permit);
             serve_io(
                 TokioIo::new(stream),
-                ConnInfo::new(peer, false).with_permit(permit),
+                conn,
                 shared,
                 builder,
                 watcher,
@@ -422,9 +415,10 @@ async fn serve(
         Some((acceptor, timeout)) => {
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
+                    let conn = ConnInfo::new(peer, true).with_permit(permit);
                     serve_io(
                         TokioIo::new(s),
-                        ConnInfo::new(peer, true).with_permit(permit),
+                        conn,
                         shared,
                         builder,
                         watcher,

@@ -463,3 +463,64 @@ pub fn init() {
 pub fn executor() -> TokioExecutor {
     TokioExecutor::new()
 }
+
+/// Starts the real binary on an ephemeral port; returns the child and the address it logged.
+pub fn spawn_binary(
+    config: &std::path::Path,
+) -> (
+    std::process::Child,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("AUTHGATE_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "binary exited before listening"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening (http)" {
+            break v["addr"].as_str().unwrap().to_string();
+        }
+    };
+    (child, addr, err)
+}
+
+/// Sends `sig` (e.g. "HUP") to the child.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// SIGTERM, then waits (at most 30 s) for the child to exit, draining its stderr so it never
+/// blocks on a full pipe.
+pub async fn terminate_and_wait(
+    mut child: std::process::Child,
+    mut stderr: std::io::BufReader<std::process::ChildStderr>,
+) -> std::process::ExitStatus {
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        child.wait().unwrap()
+    });
+    tokio::time::timeout(Duration::from_secs(30), status)
+        .await
+        .expect("the binary did not exit within 30 s of SIGTERM")
+        .unwrap()
+}
