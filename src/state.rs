@@ -74,7 +74,7 @@ impl Runtime {
         let mut routes = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
             let key = |k: &str| format!("routes[{}].{k}", r.index);
-            let client = match &r.upstream {
+            let pool = match &r.upstream {
                 UpstreamTarget::Whoami => usize::MAX,
                 UpstreamTarget::Http {
                     scheme, authority, ..
@@ -117,7 +117,7 @@ impl Runtime {
             routes.push(Route {
                 config: r.clone(),
                 label: Arc::from(format!("routes[{}]→{target}", r.index)),
-                client,
+                pool,
                 host_header: match &r.upstream {
                     UpstreamTarget::Http { authority, .. } => Some(
                         http::HeaderValue::from_str(authority.as_str()).map_err(|_| {

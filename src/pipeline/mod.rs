@@ -115,8 +115,8 @@ pub struct RouteLabel(pub Arc<str>);
 pub enum Decision {
     /// Send it upstream (the request has been rewritten in place).
     Forward {
-        /// Which upstream client.
-        client: usize,
+        /// Index of the upstream pool in the snapshot.
+        pool: usize,
         /// Client's Upgrade value, if it asked for one.
         upgrade: Option<HeaderValue>,
         /// Upstream response-header deadline.
@@ -415,7 +415,7 @@ pub fn decide<B>(
             label: route.label.clone(),
         },
         UpstreamTarget::Http { .. } => Decision::Forward {
-            client: route.client,
+            pool: route.pool,
             upgrade: ctx.upgrade,
             timeout: route.config.timeout,
             renew,
@@ -447,14 +447,14 @@ pub async fn handle(
             r
         }
         Decision::Forward {
-            client,
+            pool,
             upgrade,
             timeout,
             renew,
             label,
         } => {
             let mut r =
-                match forward::forward(&shared, conn, &rt.upstreams[client], req, upgrade, timeout)
+                match forward::forward(&shared, conn, &rt.upstreams[pool], req, upgrade, timeout)
                     .await
                 {
                     Ok(r) => r,

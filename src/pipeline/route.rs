@@ -13,8 +13,8 @@ pub struct Route {
     pub config: RouteConfig,
     /// `routes[i] → upstream` label for logs, prepared once.
     pub label: Arc<str>,
-    /// Index of the upstream client to use (0 = default; others have their own CA).
-    pub client: usize,
+    /// Index of the route's upstream pool in the snapshot (unused for builtins).
+    pub pool: usize,
     /// The upstream's `Host` value (`None` for builtins), built once.
     pub host_header: Option<http::HeaderValue>,
 }
@@ -171,7 +171,7 @@ mod tests {
                 tls_ca: None,
             },
             label: Arc::from("x"),
-            client: 0,
+            pool: 0,
             host_header: None,
         }
     }
