@@ -205,24 +205,34 @@ pub fn set_forwarded(
 /// byte (several `Cookie` lines are merged into one, as RFC 6265 §5.4 requires of clients anyway).
 /// The common case — none of them present — allocates nothing.
 pub fn remove_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    let present = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| cookie_pairs(v.as_bytes()).any(|(n, _)| names.iter().any(|x| x.as_bytes() == n)));
-    if !present {
+    // Prefilter: a name that occurs nowhere in the bytes cannot be a cookie name (occurring is
+    // not enough: it may be part of another cookie's name or value, so the pairs decide).
+    let mentioned = headers.get_all(header::COOKIE).iter().any(|v| {
+        names
+            .iter()
+            .any(|n| memchr::memmem::find(v.as_bytes(), n.as_bytes()).is_some())
+    });
+    if !mentioned {
         return;
     }
+    let mut removed = false;
     let mut out: Vec<u8> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
         for (n, pair) in cookie_pairs(v.as_bytes()) {
             if names.iter().any(|x| x.as_bytes() == n) {
+                removed = true;
                 continue;
             }
-            if !out.is_empty() {
+            if out.is_empty() {
+                out.reserve(v.len());
+            } else {
                 out.extend_from_slice(b"; ");
             }
             out.extend_from_slice(pair);
         }
+    }
+    if !removed {
+        return;
     }
     headers.remove(header::COOKIE);
     if !out.is_empty() {
@@ -394,5 +404,24 @@ mod tests {
         );
         remove_cookies(&mut h, &["authgate"]);
         assert_eq!(h.get("cookie").unwrap(), "xauthgate=1; authgatex=2");
+        // The name inside another cookie's value passes the prefilter but is not removed; two
+        // lines without a gateway cookie stay two lines, untouched.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("x=authgate;y=authgate=1"),
+        );
+        h.append("cookie", HeaderValue::from_static("z=3"));
+        remove_cookies(&mut h, &["authgate"]);
+        let lines: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(lines, ["x=authgate;y=authgate=1", "z=3"]);
+        // ...and removed where it is also a real cookie.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("x=authgate; authgate=s; y=1"),
+        );
+        remove_cookies(&mut h, &["authgate"]);
+        assert_eq!(h.get("cookie").unwrap(), "x=authgate; y=1");
     }
 }

@@ -110,9 +110,10 @@ pub enum Deny {
 #[derive(Debug, Clone)]
 pub struct RouteLabel(pub Arc<str>);
 
-/// What to do with a request once the synchronous phases have run.
+/// What to do with a request once the synchronous phases have run (borrowing route labels from
+/// the snapshot).
 #[derive(Debug)]
-pub enum Decision {
+pub enum Decision<'a> {
     /// Send it upstream (the request has been rewritten in place).
     Forward {
         /// Index of the upstream pool in the snapshot.
@@ -124,14 +125,14 @@ pub enum Decision {
         /// Set-Cookie to add (sliding renewal).
         renew: Option<HeaderValue>,
         /// For the access log.
-        label: Arc<str>,
+        label: &'a Arc<str>,
     },
     /// Answer with `builtin:whoami` (the request has been rewritten as for an upstream).
     Whoami {
         /// Set-Cookie to add.
         renew: Option<HeaderValue>,
         /// For the access log.
-        label: Arc<str>,
+        label: &'a Arc<str>,
     },
     /// A gateway endpoint under `/.auth/`.
     Endpoint(String),
@@ -313,6 +314,8 @@ pub fn build_upstream_phase<B>(
     ctx: &RequestCtx<'_>,
     auth: Option<&Authenticated>,
 ) {
+    // Room for what is added below (forwarding, request id, identity): one grow at most.
+    req.headers_mut().reserve(8);
     remove_cookies(
         req.headers_mut(),
         &[
@@ -372,13 +375,13 @@ pub fn build_upstream_phase<B>(
 }
 
 /// Runs every synchronous phase. Generic over the body so benches can drive it without sockets.
-pub fn decide<B>(
-    rt: &Runtime,
+pub fn decide<'a, B>(
+    rt: &'a Runtime,
     live: &Live,
     req: &mut Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
-) -> Decision {
+) -> Decision<'a> {
     let path = match normalize_phase(req) {
         Ok(p) => p,
         Err(e) => return Decision::Respond(e.into_response(wants_html(req.headers()))),
@@ -412,14 +415,14 @@ pub fn decide<B>(
     match route.config.upstream {
         UpstreamTarget::Whoami => Decision::Whoami {
             renew,
-            label: route.label.clone(),
+            label: &route.label,
         },
         UpstreamTarget::Http { .. } => Decision::Forward {
             pool: route.pool,
             upgrade: ctx.upgrade,
             timeout: route.config.timeout,
             renew,
-            label: route.label.clone(),
+            label: &route.label,
         },
     }
 }
@@ -436,14 +439,16 @@ pub async fn handle(
     match decide(&rt, &shared.live, &mut req, conn, &request_id) {
         Decision::Respond(r) => r,
         Decision::Endpoint(path) => {
-            match crate::login::endpoint(&shared, &rt, req, conn, &path).await {
+            // Boxed: the login endpoints' future is large and would otherwise be part of (and
+            // copied with) every proxied request's future.
+            match Box::pin(crate::login::endpoint(&shared, &rt, req, conn, &path)).await {
                 Ok(r) => r,
                 Err(e) => error_response(e, html),
             }
         }
         Decision::Whoami { renew, label } => {
             let mut r = crate::builtin::whoami::respond(&req, conn.peer);
-            finish(&mut r, renew, label);
+            finish(&rt, &mut r, renew, label);
             r
         }
         Decision::Forward {
@@ -463,17 +468,20 @@ pub async fn handle(
                         error_response(e, html)
                     }
                 };
-            finish(&mut r, renew, label);
+            finish(&rt, &mut r, renew, label);
             r
         }
     }
 }
 
-fn finish(r: &mut Response<Body>, renew: Option<HeaderValue>, label: Arc<str>) {
+fn finish(rt: &Runtime, r: &mut Response<Body>, renew: Option<HeaderValue>, label: &Arc<str>) {
     if let Some(c) = renew {
         r.headers_mut().append(header::SET_COOKIE, c);
     }
-    r.extensions_mut().insert(RouteLabel(label));
+    if rt.config.log.access_log {
+        // Only the access log reads it (an extension costs two allocations).
+        r.extensions_mut().insert(RouteLabel(label.clone()));
+    }
 }
 
 /// The one place an error becomes a response; server faults are logged here once.

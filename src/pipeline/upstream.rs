@@ -187,12 +187,15 @@ impl UpstreamPool {
     /// Sends `req` (origin-form URI, headers final) and returns the response head; the body streams
     /// from the upstream connection. `sticky` is the HTTP/1 client connection's slot (None for
     /// HTTP/2 streams); an upgrade consumes the connection.
-    pub async fn send(
-        self: &Arc<Self>,
+    ///
+    /// Not itself an `async fn`: every layer of nested futures is one more copy of the state
+    /// below it per request (see `send_body`).
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         req: Request<Incoming>,
-        sticky: Option<&Mutex<Option<Sticky>>>,
-    ) -> Result<Response<Incoming>, SendError> {
-        self.send_body(req.map(UpBody::Client), sticky).await
+        sticky: Option<&'a Mutex<Option<Sticky>>>,
+    ) -> impl std::future::Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
+        self.send_body(req.map(UpBody::Client), sticky)
     }
 
     /// [`Self::send`] for any [`UpBody`].
@@ -208,7 +211,9 @@ impl UpstreamPool {
             let was_reused = reused.is_some();
             let mut sender = match reused.take() {
                 Some(s) => s,
-                None => self.connect().await?,
+                // Boxed: connecting (TCP, TLS handshake) is a large future, and an inline one
+                // would be copied with every request's future although it is rarely needed.
+                None => Box::pin(self.connect()).await?,
             };
             // A reused connection may have been closed by the upstream just now (its keep-alive
             // timeout, a request limit), before this side saw it: the request is then written

@@ -453,9 +453,7 @@ async fn serve_io<I>(
     let per_conn = conn.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         seen.store(true, Ordering::Relaxed);
-        let shared = shared.clone();
-        let conn = per_conn.clone();
-        async move { Ok::<_, Infallible>(logged(shared, req, conn).await) }
+        logged(shared.clone(), req, per_conn.clone())
     });
     let c = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
     tokio::pin!(c);
@@ -476,41 +474,49 @@ async fn serve_io<I>(
 
 /// A request id: 16 hex digits, a per-process random prefix then a counter (no formatting
 /// machinery on the hot path).
-fn request_id(prefix: u32, seq: u64) -> HeaderValue {
+fn request_id(prefix: u32, seq: u64) -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let v = (u64::from(prefix) << 32) ^ seq;
     let mut buf = [0u8; 16];
     for (i, b) in buf.iter_mut().enumerate() {
         *b = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+    buf
+}
+
+/// The request id as a header value (a fresh one for each use: cloning a freshly built value
+/// costs more than building it again).
+fn request_id_value(id: &[u8; 16]) -> HeaderValue {
+    HeaderValue::from_bytes(id).expect("hex digits are a valid header value")
 }
 
 /// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
-/// no headers).
+/// no headers). Returns hyper's service result itself (no wrapping `async` block: each layer of
+/// futures is one more copy of the request's state).
 async fn logged(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
-) -> Response<Body> {
+) -> Result<Response<Body>, Infallible> {
     let rt = shared.runtime.load_full();
     let access = rt.config.log.access_log;
     let start = access.then(Instant::now);
     let seq = shared.request_seq.fetch_add(1, Ordering::Relaxed);
-    let rid_value = request_id(shared.request_prefix, seq);
+    let rid = request_id(shared.request_prefix, seq);
     let method = access.then(|| req.method().clone());
     let path = access.then(|| req.uri().path().to_owned());
     let version = req.version();
-    let mut resp = handle(shared, rt, req, &conn, rid_value.clone()).await;
-    let rid = rid_value.clone();
-    resp.headers_mut()
-        .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
+    let mut resp = handle(shared, rt, req, &conn, request_id_value(&rid)).await;
+    resp.headers_mut().insert(
+        crate::pipeline::headers::X_REQUEST_ID.clone(),
+        request_id_value(&rid),
+    );
     if let (Some(method), Some(path), Some(start)) = (method, path, start) {
         let route = resp.extensions().get::<RouteLabel>().map(|r| r.0.clone());
         let bytes = resp.body().size_hint().exact();
         tracing::info!(
             target: "access",
-            request_id = rid.to_str().unwrap_or("-"),
+            request_id = std::str::from_utf8(&rid).unwrap_or("-"),
             client = %conn.peer,
             method = %method,
             path = %path,
@@ -521,5 +527,5 @@ async fn logged(
             bytes = bytes,
         );
     }
-    resp
+    Ok(resp)
 }
