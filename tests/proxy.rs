@@ -617,6 +617,66 @@ async fn upstream_slower_than_route_timeout_answers_504() {
     gw.shutdown().await;
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body from a kept-alive connection.
+async fn read_response(s: &mut TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    (
+        raw_status(&head),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn upstream_deadlines_follow_each_route_on_one_kept_alive_connection() {
+    // One client connection keeps one upstream deadline timer across its requests: a route with
+    // a short timeout after one with a long timeout must still answer 504 on time, and requests
+    // that each finish in time must not time out when the connection's earlier deadlines pass.
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[[routes]]\nhost = \"long.test\"\npath_prefix = \"/\"\nupstream = \"{u}\"\naccess = \"public\"\ntimeout = \"60s\"\n\n\
+         [[routes]]\nhost = \"short.test\"\npath_prefix = \"/\"\nupstream = \"{u}\"\naccess = \"public\"\ntimeout = \"300ms\"\n",
+        u = up.url()
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.gateway().http_addr().unwrap())
+        .await
+        .unwrap();
+    let mut get = async |host: &str, ms: u64| {
+        let req = format!("GET /slow?ms={ms} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let start = Instant::now();
+        let (status, _) = read_response(&mut s).await;
+        (status, start.elapsed())
+    };
+    assert_eq!(get("long.test", 50).await.0, 200);
+    let (status, took) = get("short.test", 5000).await;
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_millis(3000), "timeout late: {took:?}");
+    // Three answers of 200 ms each on the 300 ms route: the deadline armed for the first
+    // passes during the second.
+    for _ in 0..3 {
+        assert_eq!(get("short.test", 200).await.0, 200);
+    }
+    gw.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. TLS, HTTP/2
 

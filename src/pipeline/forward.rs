@@ -1,13 +1,17 @@
 //! Forwarding: one exchange with the upstream, streaming both ways, upgrades, and timeouts →
 //! 502/504.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::Body;
 use crate::error::GatewayError;
@@ -41,11 +45,12 @@ pub async fn forward(
         }
         None => None,
     };
-    let mut resp = match tokio::time::timeout(timeout, pool.send(req, sticky)).await {
-        Err(_) => return Err(GatewayError::UpstreamTimeout),
-        Ok(Err(SendError::Connect(m))) => return Err(GatewayError::UpstreamConnect(m)),
-        Ok(Err(SendError::Exchange(m))) => return Err(GatewayError::Upstream(m)),
-        Ok(Ok(r)) => r,
+    let timer_home = sticky.is_some().then_some(&conn.timer);
+    let mut resp = match with_deadline(pool.send(req, sticky), timeout, timer_home).await {
+        None => return Err(GatewayError::UpstreamTimeout),
+        Some(Err(SendError::Connect(m))) => return Err(GatewayError::UpstreamConnect(m)),
+        Some(Err(SendError::Exchange(m))) => return Err(GatewayError::Upstream(m)),
+        Some(Ok(r)) => r,
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -91,4 +96,142 @@ pub async fn forward(
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, Body::Stream(body)))
+}
+
+/// A timer kept by an HTTP/1 client connection for its requests' upstream deadlines.
+pub type ConnTimer = Mutex<Option<Pin<Box<Sleep>>>>;
+
+/// Runs `fut` until it completes (`Some`) or `timeout` has passed (`None`).
+///
+/// Same result as `tokio::time::timeout`, cheaper per request on keep-alive connections: with
+/// `home` (the client connection's [`ConnTimer`], HTTP/1 only, one request at a time) the timer
+/// is borrowed instead of created, and it is not re-registered for every request. A timer armed
+/// for an earlier request's deadline fires early and is then moved to this request's deadline,
+/// so a busy connection re-arms about once per `timeout` instead of twice per request. One armed
+/// later than this request's deadline (a route with a longer timeout went before) is moved in.
+pub async fn with_deadline<F: Future>(
+    fut: F,
+    timeout: Duration,
+    home: Option<&ConnTimer>,
+) -> Option<F::Output> {
+    let at = Instant::now() + timeout;
+    let mut timer = Deadline {
+        sleep: home.and_then(|h| h.lock().ok()?.take()),
+        polled: false,
+        at,
+        home,
+    };
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        timer.poll_elapsed(cx).map(|()| None)
+    })
+    .await
+}
+
+struct Deadline<'a> {
+    sleep: Option<Pin<Box<Sleep>>>,
+    polled: bool,
+    at: Instant,
+    home: Option<&'a ConnTimer>,
+}
+
+impl Deadline<'_> {
+    fn poll_elapsed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let at = self.at;
+        if self.polled {
+            // Registered with this task's waker on the first poll: until it fires there is
+            // nothing to look at (an atomic load instead of a waker registration per poll).
+            if let Some(sleep) = &self.sleep {
+                if !sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.polled = true;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() > at {
+            sleep.as_mut().reset(at);
+        }
+        loop {
+            match sleep.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= at => return Poll::Ready(()),
+                // Armed for an earlier request: on to this one's deadline.
+                Poll::Ready(()) => sleep.as_mut().reset(at),
+            }
+        }
+    }
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        if let (Some(home), Some(sleep)) = (self.home, self.sleep.take()) {
+            if let Ok(mut slot) = home.lock() {
+                *slot = Some(sleep);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadline_ends_a_stuck_future_and_not_a_finished_one() {
+        let stuck = with_deadline(
+            std::future::pending::<()>(),
+            Duration::from_millis(50),
+            None,
+        );
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), stuck).await,
+            Ok(None)
+        );
+        let done = with_deadline(async { 7 }, Duration::from_millis(50), None).await;
+        assert_eq!(done, Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_connection_timer_is_reused_and_follows_each_requests_deadline() {
+        let home: ConnTimer = Mutex::new(None);
+        // A long deadline first: the kept timer is armed an hour ahead...
+        let once = |v| async move {
+            tokio::task::yield_now().await; // pending once: the timer is armed
+            v
+        };
+        let r = with_deadline(once(1), Duration::from_secs(3600), Some(&home)).await;
+        assert_eq!(r, Some(1));
+        assert!(
+            home.lock().unwrap().is_some(),
+            "timer kept by the connection"
+        );
+        // ...and a short one after it on the same connection still ends on time.
+        let stuck = with_deadline(
+            std::future::pending::<()>(),
+            Duration::from_millis(50),
+            Some(&home),
+        );
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), stuck).await,
+            Ok(None),
+            "the kept timer was not moved to the shorter deadline"
+        );
+        // A timer armed for an earlier request fires during a later one: not a timeout.
+        let r = with_deadline(once(2), Duration::from_millis(20), Some(&home)).await;
+        assert_eq!(r, Some(2));
+        let slow_but_in_time = with_deadline(
+            tokio::time::sleep(Duration::from_millis(80)),
+            Duration::from_secs(10),
+            Some(&home),
+        )
+        .await;
+        assert_eq!(slow_but_in_time, Some(()), "fired for an earlier deadline");
+        assert!(home.lock().unwrap().is_some());
+    }
 }

@@ -42,6 +42,8 @@ pub struct ConnInfo {
     /// The upstream connection this (HTTP/1) client connection last used, reused for its next
     /// request; returned to the pool when the client connection ends.
     pub upstream: std::sync::Mutex<Option<upstream::Sticky>>,
+    /// The timer this (HTTP/1) client connection's upstream deadlines reuse.
+    pub timer: forward::ConnTimer,
     /// The connection's slot under `max_connections`; an upgraded tunnel takes it over, since
     /// the tunnel outlives the HTTP connection.
     permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
@@ -64,6 +66,7 @@ impl ConnInfo {
             ip,
             peer_value,
             upstream: std::sync::Mutex::new(None),
+            timer: std::sync::Mutex::new(None),
             permit: std::sync::Mutex::new(None),
         }
     }
