@@ -25,14 +25,18 @@ use crate::state::Shared;
 /// injected. The upstream gets HTTP/1.1 whatever the client spoke; an HTTP/1 client connection
 /// keeps its upstream connection for its next request. `upgrade` is the client's `Upgrade` value when it asked for
 /// one: then a 101 answer turns into a byte tunnel tracked for graceful shutdown.
-pub async fn forward(
-    shared: &Arc<Shared>,
-    conn: &crate::pipeline::ConnInfo,
-    pool: &Arc<UpstreamPool>,
+///
+/// The preparation runs before the returned future is first polled, so the future does not carry
+/// the request beside the upstream exchange that owns it (each copy of a request's future costs
+/// a memcpy of its whole size).
+pub fn forward<'a>(
+    shared: &'a Arc<Shared>,
+    conn: &'a crate::pipeline::ConnInfo,
+    pool: &'a Arc<UpstreamPool>,
     mut req: Request<Incoming>,
     upgrade: Option<HeaderValue>,
     timeout: Duration,
-) -> Result<Response<Body>, GatewayError> {
+) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send + 'a {
     let sticky = (req.version() <= Version::HTTP_11).then_some(&conn.upstream);
     *req.version_mut() = Version::HTTP_11;
     let client_upgrade = match &upgrade {
@@ -46,7 +50,18 @@ pub async fn forward(
         None => None,
     };
     let timer_home = sticky.is_some().then_some(&conn.timer);
-    let mut resp = match with_deadline(pool.send(req, sticky), timeout, timer_home).await {
+    let exchange = with_deadline(pool.send(req, sticky), timeout, timer_home);
+    async move { finish_exchange(shared, conn, exchange.await, client_upgrade) }
+}
+
+/// The upstream's answer (or failure) as the client's response; a 101 starts the tunnel.
+fn finish_exchange(
+    shared: &Arc<Shared>,
+    conn: &crate::pipeline::ConnInfo,
+    answer: Option<Result<Response<Incoming>, SendError>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<Body>, GatewayError> {
+    let mut resp = match answer {
         None => return Err(GatewayError::UpstreamTimeout),
         Some(Err(SendError::Connect(m))) => return Err(GatewayError::UpstreamConnect(m)),
         Some(Err(SendError::Exchange(m))) => return Err(GatewayError::Upstream(m)),
@@ -109,26 +124,41 @@ pub type ConnTimer = Mutex<Option<Pin<Box<Sleep>>>>;
 /// for an earlier request's deadline fires early and is then moved to this request's deadline,
 /// so a busy connection re-arms about once per `timeout` instead of twice per request. One armed
 /// later than this request's deadline (a route with a longer timeout went before) is moved in.
-pub async fn with_deadline<F: Future>(
+pub fn with_deadline<F: Future>(
     fut: F,
     timeout: Duration,
     home: Option<&ConnTimer>,
-) -> Option<F::Output> {
-    let at = Instant::now() + timeout;
-    let mut timer = Deadline {
-        sleep: home.and_then(|h| h.lock().ok()?.take()),
-        polled: false,
-        at,
-        home,
-    };
-    let mut fut = std::pin::pin!(fut);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+) -> WithDeadline<'_, F> {
+    WithDeadline {
+        fut,
+        timer: Deadline {
+            sleep: None,
+            polled: false,
+            at: Instant::now() + timeout,
+            home,
+        },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`with_deadline`] (a plain struct: an `async fn` would hold `fut` twice).
+    pub struct WithDeadline<'a, F> {
+        #[pin]
+        fut: F,
+        timer: Deadline<'a>,
+    }
+}
+
+impl<F: Future> Future for WithDeadline<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.fut.poll(cx) {
             return Poll::Ready(Some(v));
         }
-        timer.poll_elapsed(cx).map(|()| None)
-    })
-    .await
+        this.timer.poll_elapsed(cx).map(|()| None)
+    }
 }
 
 struct Deadline<'a> {
@@ -144,13 +174,15 @@ impl Deadline<'_> {
         if self.polled {
             // Registered with this task's waker on the first poll: until it fires there is
             // nothing to look at (an atomic load instead of a waker registration per poll).
-            if let Some(sleep) = &self.sleep {
-                if !sleep.is_elapsed() {
-                    return Poll::Pending;
-                }
+            if self.sleep.as_ref().is_some_and(|s| !s.is_elapsed()) {
+                return Poll::Pending;
+            }
+        } else {
+            self.polled = true;
+            if let Some(home) = self.home {
+                self.sleep = home.lock().ok().and_then(|mut h| h.take());
             }
         }
-        self.polled = true;
         let sleep = self
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
