@@ -841,3 +841,80 @@ async fn unparsable_answer_on_a_reused_connection_is_not_sent_twice() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_written_into_a_dying_reused_connection_is_replayed_with_the_same_head() {
+    init();
+    // Answers the first request on each connection; on the second it reads the request and
+    // closes without answering (the upstream's keep-alive close racing the request). Records
+    // every request head it read, with its connection number.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let heads: Arc<std::sync::Mutex<Vec<(usize, String)>>> = Arc::default();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        let mut conn_no = 0;
+        while let Ok((mut stream, _)) = l.accept().await {
+            conn_no += 1;
+            let (seen, me) = (seen.clone(), conn_no);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                for n in 0.. {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut tmp).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&tmp[..k]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head: Vec<u8> = buf.drain(..end).collect();
+                    seen.lock()
+                        .unwrap()
+                        .push((me, String::from_utf8_lossy(&head).into_owned()));
+                    if n == 1 {
+                        return; // closed with the request unanswered
+                    }
+                    let body = format!("conn {me}");
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = TestGateway::start(&public_route(&format!("http://{addr}"))).await;
+    let mut c = RawConn::connect(gw.addr).await;
+    assert_eq!(c.get("/first").await.body_text(), "conn 1");
+    let r = c.get("/second?q=1").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body_text(), "conn 2", "answered on a fresh connection");
+    let got = heads.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!((got[1].0, got[2].0), (1, 2));
+    assert!(
+        got[1].1.starts_with("GET /second?q=1 HTTP/1.1\r\n"),
+        "{got:?}"
+    );
+    assert!(got[1].1.contains("x-forwarded-for:"), "{got:?}");
+    assert_eq!(got[1].1, got[2].1, "the replay differs from the request");
+
+    // A POST in the same situation is not replayed: 502, and the upstream saw it once.
+    let mut c = RawConn::connect(gw.addr).await;
+    assert_eq!(c.get("/third").await.body_text(), "conn 3");
+    c.send("POST /form HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 0\r\n\r\n")
+        .await;
+    assert_eq!(c.read_response().await.status, 502);
+    let posts = heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, h)| h.starts_with("POST "))
+        .count();
+    assert_eq!(posts, 1, "the POST was sent twice");
+    gw.shutdown().await;
+}
