@@ -464,11 +464,46 @@ pub fn executor() -> TokioExecutor {
     TokioExecutor::new()
 }
 
+/// The real binary, killed when dropped while still running (a test that fails before its
+/// SIGTERM must not leave a gateway behind).
+pub struct Binary(Option<std::process::Child>);
+
+impl std::ops::Deref for Binary {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("child taken")
+    }
+}
+
+impl std::ops::DerefMut for Binary {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("child taken")
+    }
+}
+
+impl Binary {
+    /// The child, no longer killed on drop.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("child taken")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Starts the real binary on an ephemeral port; returns the child and the address it logged.
 pub fn spawn_binary(
     config: &std::path::Path,
 ) -> (
-    std::process::Child,
+    Binary,
     String,
     std::io::BufReader<std::process::ChildStderr>,
 ) {
@@ -482,6 +517,7 @@ pub fn spawn_binary(
         .spawn()
         .unwrap();
     let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let child = Binary(Some(child));
     let mut line = String::new();
     let addr = loop {
         line.clear();
@@ -510,17 +546,24 @@ pub fn signal(child: &std::process::Child, sig: &str) {
 /// SIGTERM, then waits (at most 30 s) for the child to exit, draining its stderr so it never
 /// blocks on a full pipe.
 pub async fn terminate_and_wait(
-    mut child: std::process::Child,
+    child: Binary,
     mut stderr: std::io::BufReader<std::process::ChildStderr>,
 ) -> std::process::ExitStatus {
     signal(&child, "TERM");
+    let pid = child.id().to_string();
+    let mut child = child.into_inner();
     let status = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
         child.wait().unwrap()
     });
-    tokio::time::timeout(Duration::from_secs(30), status)
-        .await
-        .expect("the binary did not exit within 30 s of SIGTERM")
-        .unwrap()
+    match tokio::time::timeout(Duration::from_secs(30), status).await {
+        Ok(s) => s.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid])
+                .status();
+            panic!("the binary did not exit within 30 s of SIGTERM (killed)")
+        }
+    }
 }
