@@ -1010,18 +1010,19 @@ fn validate_headers(h: &raw::RawHeaders, c: &mut Collector<'_>) -> HeaderNames {
             )
         }
     };
-    let mut pick = |key: &str, over: &Option<String>, default: &str| -> HeaderName {
+    // Preset names are static (cloning one per request then costs no reference count).
+    let mut pick = |key: &str, over: &Option<String>, default: &'static str| -> HeaderName {
         match over {
-            None => HeaderName::from_bytes(default.as_bytes()).expect("preset header"),
+            None => HeaderName::from_static(default),
             Some(s) => match HeaderName::from_bytes(s.as_bytes()) {
                 Ok(n) if !crate::pipeline::headers::is_reserved_header(&n) => n,
                 Ok(_) => {
                     c.err(key, format!("{s:?} is a header the gateway manages itself (hop-by-hop, Host, Cookie, X-Forwarded-For/Proto/Host)"));
-                    HeaderName::from_bytes(default.as_bytes()).expect("preset header")
+                    HeaderName::from_static(default)
                 }
                 Err(_) => {
                     c.err(key, format!("{s:?} is not a valid header name"));
-                    HeaderName::from_bytes(default.as_bytes()).expect("preset header")
+                    HeaderName::from_static(default)
                 }
             },
         }
