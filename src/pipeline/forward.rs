@@ -50,8 +50,40 @@ pub fn forward<'a>(
         None => None,
     };
     let timer_home = sticky.is_some().then_some(&conn.timer);
-    let exchange = with_deadline(pool.send(req, sticky), timeout, timer_home);
-    async move { finish_exchange(shared, conn, exchange.await, client_upgrade) }
+    Forward {
+        exchange: with_deadline(pool.send(req, sticky), timeout, timer_home),
+        rest: Some((shared, conn, client_upgrade)),
+    }
+}
+
+type ForwardRest<'a> = (
+    &'a Arc<Shared>,
+    &'a crate::pipeline::ConnInfo,
+    Option<hyper::upgrade::OnUpgrade>,
+);
+
+pin_project_lite::pin_project! {
+    /// The future of [`forward`]: a plain struct, since an `async` block would hold the exchange
+    /// twice (as captured value and as awaited future).
+    struct Forward<'a, F> {
+        #[pin]
+        exchange: F,
+        rest: Option<ForwardRest<'a>>,
+    }
+}
+
+impl<F> Future for Forward<'_, F>
+where
+    F: Future<Output = Option<Result<Response<Incoming>, SendError>>>,
+{
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.exchange.poll(cx));
+        let (shared, conn, client_upgrade) = this.rest.take().expect("polled after completion");
+        Poll::Ready(finish_exchange(shared, conn, answer, client_upgrade))
+    }
 }
 
 /// The upstream's answer (or failure) as the client's response; a 101 starts the tunnel.
