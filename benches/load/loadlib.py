@@ -254,6 +254,7 @@ def summarize(runs, phase, order):
             "rps_all": [round(r["rps"], 1) for r in rs],
             "p50_us": median([r["lat_p50_us"] for r in good]),
             "p99_us": median([r["lat_p99_us"] for r in good]),
+            "p50_all": [r["lat_p50_us"] for r in rs],
         })
     return rows
 
@@ -330,10 +331,13 @@ def cmd_report(args):
     out["latency_1conn"] = lat
     if lat:
         print()
-        print(f"Latency with 1 connection (wrk -t1 -c1, {meta.get('lat_duration')}s)")
+        print(f"Latency with 1 connection (wrk -t1 -c1, {meta.get('lat_duration')}s, "
+              f"median over {meta.get('lat_rounds', '1')} interleaved round(s))")
         rows = [[r["target"], fmt_num(r["rps"]), fmt_num(r["p50_us"]), fmt_num(r["p99_us"]),
+                 " ".join("-" if v is None else str(round(v)) for v in r["p50_all"]),
                  "ok" if r["invalid_runs"] == 0 else "INVALID"] for r in lat]
-        print_table(["target", "req/s", "p50 us", "p99 us", "status"], rows, "lrrrl")
+        print_table(["target", "req/s", "p50 us", "p99 us", "p50 per round", "status"], rows,
+                    "lrrrll")
         for r in lat:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")

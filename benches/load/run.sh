@@ -27,6 +27,7 @@ Environment (flags above set the same variables):
   THREADS              wrk threads (default: number of load-generator cores, at least 1)
   WARMUP=1             seconds of unrecorded load per target before the rounds (0 = none)
   LAT_DURATION         seconds of the 1-connection latency run per target (default DURATION)
+  LAT_ROUNDS           interleaved rounds of the 1-connection runs (default ROUNDS); medians shown
   PIN=0                1: taskset servers and load generator onto separate cores
   UPSTREAM_CPUS, SERVER_CPUS, LOAD_CPUS   cpu lists used with PIN=1 (defaults from nproc)
   QUICK=0              1: DURATION=3 ROUNDS=1 WARMUP=1 unless set explicitly
@@ -77,6 +78,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-1}"; WARMUP="${WARMUP%s}"
 LAT_DURATION="${LAT_DURATION:-$DURATION}"; LAT_DURATION="${LAT_DURATION%s}"
+LAT_ROUNDS="${LAT_ROUNDS:-$ROUNDS}"
 PIN="${PIN:-0}"
 AUTHGATE_WORKERS="${AUTHGATE_WORKERS:-1}"
 AUTHGATE_RUNTIME="${AUTHGATE_RUNTIME:-thread-per-core}"
@@ -98,7 +100,7 @@ TARGETS="${TARGETS:-$ALL_TARGETS}"
 die() { echo "run.sh: $*" >&2; exit 1; }
 say() { echo "== $*"; }
 is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
-for v in DURATION CONNECTIONS ROUNDS WARMUP LAT_DURATION AUTHGATE_WORKERS LOGIN_CONCURRENCY \
+for v in DURATION CONNECTIONS ROUNDS WARMUP LAT_DURATION LAT_ROUNDS AUTHGATE_WORKERS LOGIN_CONCURRENCY \
          STORM_CONNECTIONS STORM_GET_RATE; do
   is_uint "${!v}" || die "$v must be a whole number (got '${!v}')"
 done
@@ -557,8 +559,11 @@ say "throughput: $ROUNDS round(s) x [$TARGETS], ${DURATION}s, $CONNECTIONS conne
 for r in $(seq 1 "$ROUNDS"); do
   for t in $TARGETS; do run_wrk load "$t" "$r" "$CONNECTIONS" "$THREADS" "$DURATION"; done
 done
-say "latency: 1 connection, ${LAT_DURATION}s per target"
-for t in $TARGETS; do run_wrk latency1 "$t" 1 1 1 "$LAT_DURATION"; done
+# Interleaved rounds here too: a single short 1-connection run moves by 10-20 us on a shared VM.
+say "latency: 1 connection, $LAT_ROUNDS round(s) x [$TARGETS], ${LAT_DURATION}s"
+for r in $(seq 1 "$LAT_ROUNDS"); do
+  for t in $TARGETS; do run_wrk latency1 "$t" "$r" 1 1 "$LAT_DURATION"; done
+done
 
 # --------------------------------------------------------------------------- login storm
 STORM_TARGET=authgate-session
@@ -598,7 +603,7 @@ fi
 {
   echo "timestamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "nproc=$NPROC"; echo "cpu_model=$CPU_MODEL"; echo "kernel=$KERNEL"
-  echo "duration=$DURATION"; echo "lat_duration=$LAT_DURATION"; echo "connections=$CONNECTIONS"
+  echo "duration=$DURATION"; echo "lat_duration=$LAT_DURATION"; echo "lat_rounds=$LAT_ROUNDS"; echo "connections=$CONNECTIONS"
   echo "threads=$THREADS"; echo "rounds=$ROUNDS"; echo "warmup=$WARMUP"; echo "pin=$PIN"
   echo "upstream_cpus=$UPSTREAM_CPUS"; echo "server_cpus=$SERVER_CPUS"; echo "load_cpus=$LOAD_CPUS"
   echo "targets=$TARGETS"; echo "authgate_workers=$AUTHGATE_WORKERS"; echo "authgate_runtime=$AUTHGATE_RUNTIME"; echo "authgate_threads=$AG_THREADS"
