@@ -617,29 +617,35 @@ async fn upstream_slower_than_route_timeout_answers_504() {
     gw.shutdown().await;
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body from a kept-alive connection.
-async fn read_response(s: &mut TcpStream) -> (u16, String) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed");
-        buf.push(byte[0]);
+#[tokio::test]
+async fn request_id_reaches_the_upstream_and_the_client_alike_and_is_not_the_clients() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&public_route(&up.url())).await;
+    let c = client();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = c
+            .get(gw.url("/rid"))
+            .header("x-request-id", "client-chosen")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answered = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        let forwarded = up
+            .last()
+            .one("x-request-id")
+            .expect("x-request-id upstream");
+        assert_eq!(answered, forwarded, "client and upstream see different ids");
+        assert!(
+            answered.len() == 16 && answered.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{answered}"
+        );
+        ids.push(answered);
     }
-    let head = String::from_utf8(buf).unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .expect("content-length");
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.unwrap();
-    (
-        raw_status(&head),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    assert_ne!(ids[0], ids[1], "ids repeat");
+    gw.shutdown().await;
 }
 
 #[tokio::test]
@@ -662,7 +668,7 @@ async fn upstream_deadlines_follow_each_route_on_one_kept_alive_connection() {
         let req = format!("GET /slow?ms={ms} HTTP/1.1\r\nHost: {host}\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let start = Instant::now();
-        let (status, _) = read_response(&mut s).await;
+        let status = raw_status(&read_one_response(&mut s).await);
         (status, start.elapsed())
     };
     assert_eq!(get("long.test", 50).await.0, 200);
