@@ -263,6 +263,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_timer_is_reused_and_follows_each_requests_deadline() {
+        kept_timer_follows_each_deadline().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_timer_follows_each_deadline_on_a_work_stealing_runtime() {
+        // The request's task may move between threads here; the timer must still wake it.
+        tokio::spawn(kept_timer_follows_each_deadline())
+            .await
+            .unwrap();
+    }
+
+    async fn kept_timer_follows_each_deadline() {
         let home: ConnTimer = Mutex::new(None);
         // A long deadline first: the kept timer is armed an hour ahead...
         let once = |v| async move {
