@@ -11,10 +11,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A single public catch-all route to `upstream`.
-fn public_route(upstream: &str) -> String {
-    format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\naccess = \"public\"\n")
-}
-
 /// A `[server]` section on an ephemeral port with extra keys.
 fn server_section(extra: &str) -> String {
     format!("[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n{extra}\n")
@@ -686,22 +682,12 @@ async fn upstream_deadlines_follow_each_route_on_one_kept_alive_connection() {
 // ---------------------------------------------------------------------------------------------
 // 7. TLS, HTTP/2
 
-async fn tls_gateway(up: &Upstream, dir: &std::path::Path) -> (TestGateway, reqwest::Certificate) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    authgate::server::tls::generate_dev_cert(
-        &cert,
-        &key,
-        &["localhost".to_string(), "127.0.0.1".to_string()],
-    )
-    .unwrap();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://gateway.test\"\n\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n{}",
-        cert.display(),
-        key.display(),
-        public_route(&up.url())
-    );
-    let gw = TestGateway::start(&toml).await;
+/// [`support::tls_gateway`] with its certificate ready for reqwest.
+async fn tls_gateway_trusted(
+    up: &Upstream,
+    dir: &std::path::Path,
+) -> (TestGateway, reqwest::Certificate) {
+    let (gw, cert) = tls_gateway(&up.url(), dir).await;
     let pem = std::fs::read(&cert).unwrap();
     (gw, reqwest::Certificate::from_pem(&pem).unwrap())
 }
@@ -711,7 +697,7 @@ async fn tls_http2_client_reaches_http11_upstream() {
     init();
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (gw, ca) = tls_gateway(&up, dir.path()).await;
+    let (gw, ca) = tls_gateway_trusted(&up, dir.path()).await;
     let https = gw.https_addr.expect("https listener");
     let c = reqwest::Client::builder()
         .add_root_certificate(ca)
@@ -742,7 +728,7 @@ async fn tls_http11_client_is_served() {
     init();
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (gw, ca) = tls_gateway(&up, dir.path()).await;
+    let (gw, ca) = tls_gateway_trusted(&up, dir.path()).await;
     let https = gw.https_addr.expect("https listener");
     let c = reqwest::Client::builder()
         .add_root_certificate(ca)

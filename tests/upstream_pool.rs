@@ -35,11 +35,6 @@ async fn guard<F: Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("hung for {GUARD:?}: {what}"))
 }
 
-/// A single public catch-all route to `upstream`.
-fn public_route(upstream: &str) -> String {
-    format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\naccess = \"public\"\n")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Upstreams that count TCP connections
 
@@ -528,26 +523,6 @@ async fn stale_pooled_connection_closed_right_after_response_one_keep_alive_clie
 
 // ---------------------------------------------------------------------------------------------
 // 4. HTTP/2 downstream: concurrent streams get concurrent upstream connections
-
-/// A gateway with an HTTPS listener (ALPN h2 + http/1.1) and a public route to `upstream`;
-/// returns it with the path of its certificate (self-signed for localhost and 127.0.0.1).
-async fn tls_gateway(upstream: &str, dir: &std::path::Path) -> (TestGateway, std::path::PathBuf) {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    authgate::server::tls::generate_dev_cert(
-        &cert,
-        &key,
-        &["localhost".to_string(), "127.0.0.1".to_string()],
-    )
-    .unwrap();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://gateway.test\"\n\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n{}",
-        cert.display(),
-        key.display(),
-        public_route(upstream)
-    );
-    (TestGateway::start(&toml).await, cert)
-}
 
 /// One HTTP/2 connection to `addr` over TLS (ALPN `h2` only), trusting `ca`.
 async fn h2_connect(

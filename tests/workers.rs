@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 
 use authgate::server::WorkerRuntimes;
 
-fn public_route(upstream: &str) -> String {
-    format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\naccess = \"public\"\n")
-}
-
 /// `(name, voluntary context switches)` of every thread of process `pid` named like `prefix*`.
 /// A parked runtime thread sleeps in epoll_wait: the count only grows when it gets work.
 fn worker_threads(pid: &str, prefix: &str) -> Vec<(String, u64)> {

@@ -567,3 +567,31 @@ pub async fn terminate_and_wait(
         }
     }
 }
+
+/// A route section: everything under `/` to `upstream`, public.
+pub fn public_route(upstream: &str) -> String {
+    format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\naccess = \"public\"\n")
+}
+
+/// A gateway with an HTTPS listener (ALPN h2 + http/1.1) and a public route to `upstream`;
+/// returns it with the path of its certificate (self-signed for localhost and 127.0.0.1).
+pub async fn tls_gateway(
+    upstream: &str,
+    dir: &std::path::Path,
+) -> (TestGateway, std::path::PathBuf) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    authgate::server::tls::generate_dev_cert(
+        &cert,
+        &key,
+        &["localhost".to_string(), "127.0.0.1".to_string()],
+    )
+    .unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"https://gateway.test\"\n\n[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\n{}",
+        cert.display(),
+        key.display(),
+        public_route(upstream)
+    );
+    (TestGateway::start(&toml).await, cert)
+}
