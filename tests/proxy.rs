@@ -10,7 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A single public catch-all route to `upstream`.
 /// A `[server]` section on an ephemeral port with extra keys.
 fn server_section(extra: &str) -> String {
     format!("[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n{extra}\n")
@@ -1020,6 +1019,144 @@ async fn malformed_silent_connection_is_closed_after_header_read_timeout() {
         );
     }
     assert_eq!(up.count(), 0);
+    gw.shutdown().await;
+}
+
+/// Reads until the peer closes (at most 5 s); returns what came and how long it took.
+async fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "connection still open after 5 s");
+    (rest, start.elapsed())
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_header_read_timeout_even_mid_head() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "{}{}",
+        server_section("header_read_timeout = \"1s\""),
+        public_route(&up.url())
+    ))
+    .await;
+    // After a complete exchange: nothing more, or half of the next head.
+    for (i, next) in [
+        &b""[..],
+        &b"GET /second HTTP/1.1\r\nHost: x\r\nX-Drip: a"[..],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(raw_status(&read_one_response(&mut s).await), 200);
+        s.write_all(next).await.unwrap();
+        let (rest, took) = read_until_closed(&mut s).await;
+        assert!(
+            took >= Duration::from_millis(800),
+            "closed too early ({took:?}): not the timeout"
+        );
+        assert!(rest.is_empty(), "nothing more is sent: {rest:?}");
+        assert_eq!(
+            up.count(),
+            i + 1,
+            "only the complete requests reached the upstream"
+        );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_outlive_header_read_timeout_and_keep_their_connection() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "{}{}",
+        server_section("header_read_timeout = \"1s\""),
+        public_route(&up.url())
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // A slow upstream: the response head comes after 1.5 s.
+    let start = Instant::now();
+    s.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let slow = read_one_response(&mut s).await;
+    assert_eq!(raw_status(&slow), 200);
+    assert!(slow.ends_with("slow done"), "{slow}");
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+    // A long download: the body takes 8 x 250 ms = 2 s.
+    let start = Instant::now();
+    s.write_all(b"GET /drip?chunks=8&ms=250 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !buf.ends_with(b"\r\n0\r\n\r\n") {
+        let n = s.read(&mut tmp).await.unwrap();
+        assert!(
+            n > 0,
+            "closed mid-body: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert_eq!(raw_status(&text), 200);
+    assert!(text.contains("drip 7\n"), "{text}");
+    assert!(start.elapsed() >= Duration::from_secs(2));
+    // The connection is still good for another request.
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(raw_status(&read_one_response(&mut s).await), 200);
+    assert_eq!(up.count(), 3);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_http2_connection_is_shut_down_after_header_read_timeout() {
+    use http_body_util::{BodyExt, Empty};
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "{}{}",
+        server_section("header_read_timeout = \"1s\""),
+        public_route(&up.url())
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("http://gateway.test{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // A stream in flight longer than the timeout is not cut.
+    let resp = tx.send_request(get("/slow?ms=1500")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"slow done");
+    // Then idle: the gateway ends the connection (GOAWAY) about a second later.
+    let idle_from = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "HTTP/2 connection still open after 5 s idle");
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(800),
+        "closed too early ({:?})",
+        idle_from.elapsed()
+    );
+    assert!(tx.send_request(get("/late")).await.is_err());
+    assert_eq!(up.count(), 1);
     gw.shutdown().await;
 }
 

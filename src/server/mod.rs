@@ -1,10 +1,13 @@
 //! Listeners, the accept loop, TLS handshakes, connection limits, graceful shutdown and reload.
 
+mod driver;
 pub mod tls;
+
+pub use driver::ServedBody;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,15 +17,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::body::Body;
 use crate::config::Config;
 use crate::pipeline::{handle, ConnInfo, RouteLabel};
 use crate::state::{Runtime, Shared};
+use driver::{Activity, Busy, Drain, Driver, Ended};
 
 /// A running gateway.
 pub struct Gateway {
@@ -77,10 +79,10 @@ impl Gateway {
         let (stop, stop_rx) = watch::channel(false);
         let limit = shared.conn_limit.clone();
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // No hyper header-read timer: `server.header_read_timeout` is enforced per connection by
+        // `driver::Driver` (one timer per connection, HTTP/1 and HTTP/2 alike).
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.server.header_read_timeout)
             .max_buf_size(cfg.server.max_header_bytes.max(8192))
             // One flattened write per response head+chunk: cheaper than writev here (measured
             // with benches/load: ~0.4 µs of user and kernel time per request).
@@ -94,6 +96,7 @@ impl Gateway {
         let builder = Arc::new(builder);
 
         let workers: Arc<[tokio::runtime::Handle]> = workers.into();
+        let drain = Drain::new();
         let mut loops = Vec::new();
         for (l, tls) in listeners {
             loops.push(tokio::spawn(accept_loop(
@@ -105,6 +108,7 @@ impl Gateway {
                 stop_rx.clone(),
                 cfg.server.header_read_timeout,
                 workers.clone(),
+                drain.clone(),
             )));
         }
         shared.ready.store(true, Ordering::Release);
@@ -117,17 +121,12 @@ impl Gateway {
             sweeper.abort();
             sh.ready.store(false, Ordering::Release);
             let deadline = Instant::now() + grace;
-            let mut drains = Vec::new();
             for l in loops {
-                if let Ok(g) = l.await {
-                    drains.push(g.shutdown());
-                }
+                let _ = l.await;
             }
+            drain.begin();
             sh.tunnels.close();
-            if tokio::time::timeout(grace, futures_join_all(drains))
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, drain.wait()).await.is_err() {
                 tracing::warn!("grace period over: closing remaining connections");
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -253,12 +252,6 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn futures_join_all<F: std::future::Future<Output = ()>>(fs: Vec<F>) {
-    for f in fs {
-        f.await;
-    }
-}
-
 /// Single-threaded tokio runtimes on their own threads, one per extra worker
 /// (`server.runtime = "thread-per-core"`): each serves the connections dealt to it from start to
 /// end, with its own I/O driver and timers, so a request never wakes another thread.
@@ -310,7 +303,7 @@ impl WorkerRuntimes {
     }
 }
 
-/// Accepts until told to stop; returns the connections' shutdown handle so the caller can drain them.
+/// Accepts until told to stop; the connections it started are drained through `drain`.
 #[allow(clippy::too_many_arguments)] // one call site: Gateway::start hands over what it built
 async fn accept_loop(
     l: TcpListener,
@@ -319,16 +312,16 @@ async fn accept_loop(
     builder: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
-    first_request: Duration,
+    idle: Duration,
     workers: Arc<[tokio::runtime::Handle]>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
+    drain: Arc<Drain>,
+) {
     // Round robin over this runtime (0) and the workers (1..).
     let mut turn = 0usize;
     loop {
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return graceful },
-            _ = stopped(&mut stop) => return graceful,
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stopped(&mut stop) => return,
         };
         let (stream, peer) = tokio::select! {
             r = l.accept() => match r {
@@ -340,7 +333,7 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = stopped(&mut stop) => return graceful,
+            _ = stopped(&mut stop) => return,
         };
         let _ = stream.set_nodelay(true);
         let conn = Accepted {
@@ -349,8 +342,8 @@ async fn accept_loop(
             tls: tls.clone(),
             shared: shared.clone(),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
-            first_request,
+            drain: drain.clone(),
+            idle,
         };
         let worker = turn % (workers.len() + 1);
         turn = turn.wrapping_add(1);
@@ -384,8 +377,8 @@ struct Accepted {
     tls: Tls,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-    first_request: Duration,
+    drain: Arc<Drain>,
+    idle: Duration,
 }
 
 /// TLS handshake (on an HTTPS listener), then HTTP on the connection.
@@ -396,35 +389,19 @@ async fn serve(stream: TcpStream, a: Accepted) {
         tls,
         shared,
         builder,
-        watcher,
-        first_request,
+        drain,
+        idle,
     } = a;
     match tls {
         None => {
             let conn = ConnInfo::new(peer, false).with_permit(permit);
-            serve_io(
-                TokioIo::new(stream),
-                conn,
-                shared,
-                builder,
-                watcher,
-                first_request,
-            )
-            .await
+            serve_io(TokioIo::new(stream), conn, shared, builder, drain, idle).await
         }
         Some((acceptor, timeout)) => {
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
                     let conn = ConnInfo::new(peer, true).with_permit(permit);
-                    serve_io(
-                        TokioIo::new(s),
-                        conn,
-                        shared,
-                        builder,
-                        watcher,
-                        first_request,
-                    )
-                    .await
+                    serve_io(TokioIo::new(s), conn, shared, builder, drain, idle).await
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
@@ -433,42 +410,37 @@ async fn serve(stream: TcpStream, a: Accepted) {
     }
 }
 
-/// Serves one connection. A connection that has not produced its first request within
-/// `first_request` (header_read_timeout) is dropped: hyper's own header timer only starts once
-/// HTTP/1 has been detected, so a client sending nothing (or half an HTTP/2 preface) would
-/// otherwise hold a connection slot forever.
+/// Serves one connection under the idle bound (`server.header_read_timeout`, see
+/// [`driver`]): a connection without a request in flight for that long is closed — also one that
+/// never completes a first request head, before protocol detection, so a client sending nothing or
+/// half an HTTP/2 preface cannot hold a connection slot.
 async fn serve_io<I>(
     io: I,
     conn: ConnInfo,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: hyper_util::server::graceful::Watcher,
-    first_request: Duration,
+    drain: Arc<Drain>,
+    idle: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let started = Arc::new(AtomicBool::new(false));
-    let seen = started.clone();
+    let activity = Activity::new();
+    let per_req = activity.clone();
     let conn = Arc::new(conn);
     let per_conn = conn.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        seen.store(true, Ordering::Relaxed);
-        logged(shared.clone(), req, per_conn.clone())
+        logged(shared.clone(), req, per_conn.clone(), per_req.begin())
     });
-    let c = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
-    tokio::pin!(c);
-    let result = tokio::select! {
-        r = &mut c => r,
-        _ = tokio::time::sleep(first_request) => {
-            if !started.load(Ordering::Relaxed) {
-                tracing::debug!(peer = %conn.peer, "no request within header_read_timeout: closing");
-                return;
-            }
-            c.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(peer = %conn.peer, error = %e, "connection error");
+    let c = builder.serve_connection_with_upgrades(io, svc).into_owned();
+    match Driver::new(c, activity, idle, &drain).await {
+        Ended::Done(Ok(())) => {}
+        Ended::Done(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "connection error"),
+        Ended::Idle {
+            before_first_request: true,
+        } => tracing::debug!(peer = %conn.peer, "no request within header_read_timeout: closing"),
+        Ended::Idle {
+            before_first_request: false,
+        } => tracing::debug!(peer = %conn.peer, "idle past header_read_timeout: closed"),
     }
 }
 
@@ -492,12 +464,14 @@ fn request_id_value(id: &[u8; 16]) -> HeaderValue {
 
 /// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
 /// no headers). Returns hyper's service result itself (no wrapping `async` block: each layer of
-/// futures is one more copy of the request's state).
+/// futures is one more copy of the request's state). `busy` keeps the connection marked busy
+/// until the response body has been sent.
 async fn logged(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
-) -> Result<Response<Body>, Infallible> {
+    busy: Busy,
+) -> Result<Response<ServedBody>, Infallible> {
     let rt = shared.runtime.load_full();
     let access = rt.config.log.access_log;
     let start = access.then(Instant::now);
@@ -527,5 +501,5 @@ async fn logged(
             bytes = bytes,
         );
     }
-    Ok(resp)
+    Ok(resp.map(|body| ServedBody::new(body, busy)))
 }

@@ -52,6 +52,7 @@ impl Seen {
 /// A real HTTP/1.1 upstream on 127.0.0.1:0 that records every request.
 ///
 /// Paths: `/slow?ms=N` answers after N ms; `/download?bytes=N` streams N bytes (64 KiB chunks);
+/// `/drip?chunks=N&ms=M` answers at once and then sends N small chunks, M ms apart;
 /// `/ws` is a WebSocket echo; `/status?code=N` answers with that status; anything else echoes
 /// the request body back with headers `x-seen-method`, `x-seen-uri`.
 pub struct Upstream {
@@ -270,6 +271,24 @@ async fn upstream_handler(
         });
         return Ok(Response::builder()
             .header("x-upstream", "download")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .unwrap());
+    }
+    if path == "/drip" {
+        let chunks = param("chunks").unwrap_or(1);
+        let gap = Duration::from_millis(param("ms").unwrap_or(100));
+        let stream = futures_util::stream::unfold(0u64, move |i| async move {
+            if i == chunks {
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("drip {i}\n")))),
+                i + 1,
+            ))
+        });
+        return Ok(Response::builder()
+            .header("x-upstream", "drip")
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .unwrap());
     }
