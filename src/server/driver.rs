@@ -61,11 +61,27 @@ impl Drain {
         self.live.wait().await;
     }
 
+    /// A connection's place in the drain, taken when it is accepted (so one still in its TLS
+    /// handshake is waited for too) and given up when it closes.
+    pub(crate) fn member(self: &Arc<Self>) -> Member {
+        Member {
+            drain: self.clone(),
+            _live: self.live.token(),
+        }
+    }
+
     /// Connections still open.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.live.len()
     }
+}
+
+/// One connection counted by a [`Drain`].
+#[derive(Debug)]
+pub(crate) struct Member {
+    drain: Arc<Drain>,
+    _live: TaskTrackerToken,
 }
 
 /// What one connection has in flight, shared between its driver and its requests.
@@ -189,7 +205,7 @@ pin_project! {
         conn: C,
         #[pin]
         stop_signal: OwnedNotified,
-        drain: Arc<Drain>,
+        member: Member,
         #[pin]
         timer: Sleep,
         activity: Arc<Activity>,
@@ -200,22 +216,16 @@ pin_project! {
         signal_registered: bool,
         stopping: bool,
         idle_shutdown: bool,
-        _live: TaskTrackerToken,
     }
 }
 
 impl<C: Connection> Driver<C> {
     /// Drives `conn`, closing it after `idle` without a request in flight.
-    pub(crate) fn new(
-        conn: C,
-        activity: Arc<Activity>,
-        idle: Duration,
-        drain: &Arc<Drain>,
-    ) -> Self {
+    pub(crate) fn new(conn: C, activity: Arc<Activity>, idle: Duration, member: Member) -> Self {
         Driver {
             conn,
-            stop_signal: drain.notify.clone().notified_owned(),
-            drain: drain.clone(),
+            stop_signal: member.drain.notify.clone().notified_owned(),
+            member,
             timer: tokio::time::sleep_until(activity.epoch + idle),
             activity,
             idle,
@@ -223,7 +233,6 @@ impl<C: Connection> Driver<C> {
             signal_registered: false,
             stopping: false,
             idle_shutdown: false,
-            _live: drain.live.token(),
         }
     }
 }
@@ -239,7 +248,7 @@ impl<C: Connection> Future for Driver<C> {
                 let _ = this.stop_signal.as_mut().poll(cx);
                 *this.signal_registered = true;
             }
-            if this.drain.stopping.load(Ordering::Acquire) {
+            if this.member.drain.stopping.load(Ordering::Acquire) {
                 *this.stopping = true;
                 this.conn.as_mut().graceful_shutdown();
             }
@@ -328,7 +337,7 @@ mod tests {
         let drain = Drain::new();
         let (conn, graceful) = fake(true);
         let start = Instant::now();
-        let ended = Driver::new(conn, Activity::new(), IDLE, &drain).await;
+        let ended = Driver::new(conn, Activity::new(), IDLE, drain.member()).await;
         assert!(matches!(
             ended,
             Ended::Idle {
@@ -347,7 +356,7 @@ mod tests {
         let activity = Activity::new();
         let start = Instant::now();
         let busy = activity.begin();
-        let task = tokio::spawn(Driver::new(conn, activity.clone(), IDLE, &drain));
+        let task = tokio::spawn(Driver::new(conn, activity.clone(), IDLE, drain.member()));
         // Three idle periods pass with the request in flight (a long download): not idle.
         tokio::time::sleep(IDLE * 3).await;
         assert!(!task.is_finished());
@@ -372,7 +381,7 @@ mod tests {
         let activity = Activity::new();
         drop(activity.begin());
         let start = Instant::now();
-        let ended = Driver::new(conn, activity, IDLE, &drain).await;
+        let ended = Driver::new(conn, activity, IDLE, drain.member()).await;
         assert!(matches!(
             ended,
             Ended::Idle {
@@ -389,7 +398,7 @@ mod tests {
         let (conn, graceful) = fake(false);
         let activity = Activity::new();
         let busy = activity.begin();
-        let task = tokio::spawn(Driver::new(conn, activity, IDLE, &drain));
+        let task = tokio::spawn(Driver::new(conn, activity, IDLE, drain.member()));
         tokio::task::yield_now().await;
         drain.begin();
         tokio::task::yield_now().await;
@@ -397,7 +406,7 @@ mod tests {
         assert_eq!(drain.len(), 1);
         // A connection accepted after the signal is told at once.
         let (late, late_graceful) = fake(true);
-        let ended = Driver::new(late, Activity::new(), IDLE, &drain).await;
+        let ended = Driver::new(late, Activity::new(), IDLE, drain.member()).await;
         assert!(matches!(ended, Ended::Done(Ok(()))));
         assert_eq!(late_graceful.load(Ordering::Relaxed), 1);
         // The first one still has its request in flight; the drain waits for it.

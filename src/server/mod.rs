@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::pipeline::{handle, ConnInfo, RouteLabel};
 use crate::state::{Runtime, Shared};
-use driver::{Activity, Busy, Drain, Driver, Ended};
+use driver::{Activity, Busy, Drain, Driver, Ended, Member};
 
 /// A running gateway.
 pub struct Gateway {
@@ -342,7 +342,7 @@ async fn accept_loop(
             tls: tls.clone(),
             shared: shared.clone(),
             builder: builder.clone(),
-            drain: drain.clone(),
+            member: drain.member(),
             idle,
         };
         let worker = turn % (workers.len() + 1);
@@ -377,7 +377,7 @@ struct Accepted {
     tls: Tls,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    drain: Arc<Drain>,
+    member: Member,
     idle: Duration,
 }
 
@@ -389,19 +389,19 @@ async fn serve(stream: TcpStream, a: Accepted) {
         tls,
         shared,
         builder,
-        drain,
+        member,
         idle,
     } = a;
     match tls {
         None => {
             let conn = ConnInfo::new(peer, false).with_permit(permit);
-            serve_io(TokioIo::new(stream), conn, shared, builder, drain, idle).await
+            serve_io(TokioIo::new(stream), conn, shared, builder, member, idle).await
         }
         Some((acceptor, timeout)) => {
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
                     let conn = ConnInfo::new(peer, true).with_permit(permit);
-                    serve_io(TokioIo::new(s), conn, shared, builder, drain, idle).await
+                    serve_io(TokioIo::new(s), conn, shared, builder, member, idle).await
                 }
                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "tls handshake failed"),
                 Err(_) => tracing::debug!(peer = %peer, "tls handshake timed out"),
@@ -419,7 +419,7 @@ async fn serve_io<I>(
     conn: ConnInfo,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    drain: Arc<Drain>,
+    member: Member,
     idle: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -432,7 +432,7 @@ async fn serve_io<I>(
         logged(shared.clone(), req, per_conn.clone(), per_req.begin())
     });
     let c = builder.serve_connection_with_upgrades(io, svc).into_owned();
-    match Driver::new(c, activity, idle, &drain).await {
+    match Driver::new(c, activity, idle, member).await {
         Ended::Done(Ok(())) => {}
         Ended::Done(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "connection error"),
         Ended::Idle {
