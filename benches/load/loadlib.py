@@ -4,6 +4,8 @@
   ports N                      print N distinct free TCP ports on 127.0.0.1
   wait-port PORT SECONDS       exit 0 once 127.0.0.1:PORT accepts a connection, 1 on timeout
   storm --port P ...           paced stream of JSON logins against an authgate (see --help)
+  cpu PID                      print the CPU seconds (user + system) used so far by PID and
+                               its descendants
   report --raw F --meta F ...  print the result tables and write the JSON file
 """
 
@@ -41,6 +43,32 @@ def cmd_wait_port(args):
         except OSError:
             time.sleep(0.05)
     return 1
+
+
+# ------------------------------------------------------------------------------------------ cpu
+
+def _tree(pid):
+    """PID and its descendants (Linux /proc)."""
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            for c in f.read().split():
+                out += _tree(c)
+    except OSError:
+        pass
+    return out
+
+
+def cmd_cpu(args):
+    ticks = 0
+    for p in _tree(str(args.pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    print(f"{ticks / os.sysconf('SC_CLK_TCK'):.3f}")
 
 
 # ---------------------------------------------------------------------------------------- storm
@@ -255,6 +283,9 @@ def summarize(runs, phase, order):
             "p50_us": median([r["lat_p50_us"] for r in good]),
             "p99_us": median([r["lat_p99_us"] for r in good]),
             "p50_all": [r["lat_p50_us"] for r in rs],
+            # CPU time of the server process tree per request (user + system, 10 ms ticks).
+            "cpu_us_per_req": median([r["server_cpu_s"] * 1e6 / r["requests"] for r in good
+                                      if "server_cpu_s" in r and r.get("requests")]),
         })
     return rows
 
@@ -303,6 +334,9 @@ def cmd_report(args):
             # Inverse throughput difference: the per-request cost over the nginx hop when the
             # server under test is the bottleneck (one core each).
             r["us_per_req_over_nginx"] = (1e6 / rps - 1e6 / base_ng) if rps and base_ng else None
+            cpu_ng = next((x["cpu_us_per_req"] for x in thr if x["target"] == "nginx-proxy"), None)
+            r["cpu_vs_nginx_proxy"] = (r["cpu_us_per_req"] / cpu_ng
+                                       if r["cpu_us_per_req"] and cpu_ng else None)
             status = "ok" if r["invalid_runs"] == 0 else (
                 "INVALID" if r["invalid_runs"] == r["runs"] else
                 f"INVALID {r['invalid_runs']}/{r['runs']}")
@@ -310,11 +344,14 @@ def cmd_report(args):
                 r["target"], fmt_num(rps), fmt_num(r["p50_us"]), fmt_num(r["p99_us"]),
                 fmt_num(r["ratio_vs_upstream"], 2), fmt_num(r["ratio_vs_nginx_proxy"], 2),
                 fmt_num(r["us_per_req_over_nginx"], 1),
+                fmt_num(r["cpu_us_per_req"], 1), fmt_num(r["cpu_vs_nginx_proxy"], 2),
                 " ".join(fmt_num(x) for x in r["rps_all"]), status,
             ])
         print_table(["target", "req/s", "p50 us", "p99 us", "/upstream", "/nginx",
-                     "+us/req vs nginx", "req/s per round", "status"],
-                    rows, "lrrrrrrll")
+                     "+us/req vs nginx", "cpu us/req", "cpu /nginx", "req/s per round", "status"],
+                    rows, "lrrrrrrrrll")
+        print("  cpu us/req: CPU time (user + system) of the server's own processes per request, "
+              "median over rounds; the load generator and the upstream are not counted")
         for r in thr:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
@@ -434,6 +471,10 @@ def main():
     s.add_argument("port", type=int)
     s.add_argument("seconds", type=float)
     s.set_defaults(fn=cmd_wait_port)
+
+    s = sub.add_parser("cpu")
+    s.add_argument("pid", type=int)
+    s.set_defaults(fn=cmd_cpu)
 
     s = sub.add_parser("storm", help="stream of JSON logins to 127.0.0.1:PORT/.auth/login")
     s.add_argument("--port", type=int, required=True)

@@ -530,13 +530,19 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   out="$WORK/log/wrk-$phase-$t-$r.txt"
   local args=(-t"$th" -c"$c" -d"${d}s" --timeout 5s -s "$HERE/report.lua")
   [ -z "${COOKIE[$t]}" ] || args+=(-H "Cookie: authgate=${COOKIE[$t]}")
+  # CPU time of the server under test (its whole process tree: nginx's worker is a child)
+  # around the run, so the report can show CPU per request — steadier than req/s on shared cores.
+  local spid="PID_${t//-/_}" cpu0 cpu1
+  cpu0="$(python3 "$LIB" cpu "${!spid}")"
   WRK_DELAY_MS="$delay" "${PIN_LOAD[@]}" wrk "${args[@]}" "${URL[$t]}" >"$out" 2>&1 &
   local pid=$!
   TRANSIENT=("$pid")
   wait "$pid" || true
   TRANSIENT=()
+  cpu1="$(python3 "$LIB" cpu "${!spid}")"
   [ "$phase" != warmup ] || return 0
   line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
+  [ "$line" = MISSING ] || line+=" server_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.3f", b - a }')"
   echo "$phase $t $r $line" >>"$RAW"
   if [ "$line" = MISSING ]; then
     printf '  %-8s %-17s round %s: no result (see %s)\n' "$phase" "$t" "$r" "$out"
@@ -544,8 +550,9 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
     awk -v ph="$phase" -v t="$t" -v r="$r" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
       errs = v["err_connect"] + v["err_read"] + v["err_write"] + v["err_timeout"] + v["err_status"]
-      printf "  %-8s %-17s round %s: %9.0f req/s  p50 %6d us  p99 %6d us%s\n", ph, t, r,
+      printf "  %-8s %-17s round %s: %9.0f req/s  p50 %6d us  p99 %6d us  cpu %5.1f us/req%s\n", ph, t, r,
         v["requests"] / (v["duration_us"] / 1e6), v["lat_p50_us"], v["lat_p99_us"],
+        v["requests"] ? v["server_cpu_s"] * 1e6 / v["requests"] : 0,
         errs ? sprintf("  INVALID (%d socket errors, %d status >= 400)", errs - v["err_status"], v["err_status"]) : ""
     }' <<<"$line"
   fi
