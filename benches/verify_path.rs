@@ -175,7 +175,7 @@ fn bench_headers(c: &mut Criterion) {
                 let ctx = RequestCtx {
                     conn: &conn,
                     request_id: &rid,
-                    path: "/x".to_string(),
+                    path: "/x".to_string().into(),
                     trusted,
                     upgrade,
                 };

@@ -66,36 +66,45 @@ pub fn eq_normalized(name: &[u8], target: &[u8]) -> bool {
 
 /// Removes hop-by-hop headers and every header named in `Connection`. Returns whether the request
 /// asked for a protocol upgrade (and the `Upgrade` value to pass on), because upgrades need the
-/// `Upgrade` header re-added on the upstream side.
+/// `Upgrade` header re-added on the upstream side. Allocates nothing: it runs on every request and
+/// every response (`Connection: keep-alive` is in most of both).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let mut upgrade = None;
     if headers.contains_key(header::CONNECTION) {
-        let mut named: Vec<HeaderName> = Vec::new();
-        for v in headers.get_all(header::CONNECTION) {
-            if let Ok(s) = v.to_str() {
-                for token in s.split(',') {
-                    let t = token.trim();
-                    if t.eq_ignore_ascii_case("upgrade") {
-                        upgrade = headers.get(header::UPGRADE).cloned();
-                    } else if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
-                        named.push(n);
-                    }
+        // The values are reference-counted slices of the received head: holding them while the
+        // named headers are removed costs no copy. More than four `Connection` lines is rare.
+        let mut first: [Option<HeaderValue>; 4] = Default::default();
+        let mut more = Vec::new();
+        for (i, v) in headers.get_all(header::CONNECTION).iter().enumerate() {
+            match first.get_mut(i) {
+                Some(slot) => *slot = Some(v.clone()),
+                None => more.push(v.clone()),
+            }
+        }
+        for v in first.iter().flatten().chain(&more) {
+            for token in v.as_bytes().split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                if t.eq_ignore_ascii_case(b"upgrade") {
+                    upgrade = headers.get(header::UPGRADE).cloned();
+                } else if let Ok(name) = std::str::from_utf8(t) {
+                    // A lookup by `&str` parses the name on the stack; an invalid one matches
+                    // nothing.
+                    headers.remove(name);
                 }
             }
         }
-        for n in named {
-            headers.remove(n);
-        }
     }
     // One pass over the (few) names present instead of a hash lookup per hop-by-hop name.
-    let mut doomed: Option<Vec<HeaderName>> = None;
+    let mut present = 0u16;
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) {
-            doomed.get_or_insert_with(Vec::new).push(name.clone());
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
-    for n in doomed.into_iter().flatten() {
-        headers.remove(n);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     upgrade
 }
@@ -368,6 +377,30 @@ mod tests {
         assert_eq!(up.unwrap(), "websocket");
         assert!(h.get("x-secret").is_none() && h.get("te").is_none() && h.get("upgrade").is_none());
         assert_eq!(h.get("x-keep").unwrap(), "1");
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn remove_hop_by_hop_reads_every_connection_line_in_any_case() {
+        let mut h = HeaderMap::new();
+        // Six `Connection` lines (more than the four held on the stack), odd spacing and case,
+        // an empty token, and a token that is no header name at all.
+        for v in [
+            "X-A",
+            " x-b ,",
+            "X-C,,",
+            "bad name",
+            "x-d",
+            "KEEP-ALIVE , x-e",
+        ] {
+            h.append("connection", HeaderValue::from_static(v));
+        }
+        for n in ["x-a", "x-b", "x-c", "x-d", "x-e", "keep-alive", "x-f"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        assert!(remove_hop_by_hop(&mut h).is_none(), "no upgrade asked");
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-f"]);
     }
 
     #[test]

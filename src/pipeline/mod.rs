@@ -85,6 +85,45 @@ impl ConnInfo {
     }
 }
 
+/// A normalised request path: the request's own path when it was normal already (the common case:
+/// a reference count on the received bytes, no copy), else the rewritten one.
+#[derive(Debug, Clone)]
+pub enum NormPath {
+    /// The request's path and query as received; the path part is the normalised path.
+    Received(http::uri::PathAndQuery),
+    /// A path that normalisation changed.
+    Rewritten(String),
+}
+
+impl NormPath {
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        match self {
+            NormPath::Received(pq) => pq.path(),
+            NormPath::Rewritten(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for NormPath {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for NormPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for NormPath {
+    fn from(s: String) -> NormPath {
+        NormPath::Rewritten(s)
+    }
+}
+
 /// The per-request context the phases share.
 #[derive(Debug)]
 pub struct RequestCtx<'a> {
@@ -93,7 +132,7 @@ pub struct RequestCtx<'a> {
     /// This request's id (sent upstream and in the response).
     pub request_id: &'a HeaderValue,
     /// Normalised path: what routing and rules decide on, and what is forwarded.
-    pub path: String,
+    pub path: NormPath,
     /// Whether the peer is a trusted proxy.
     pub trusted: bool,
     /// The client's Upgrade value, if it asked for one.
@@ -138,15 +177,20 @@ pub enum Decision<'a> {
         label: &'a Arc<str>,
     },
     /// A gateway endpoint under `/.auth/`.
-    Endpoint(String),
+    Endpoint(NormPath),
     /// Answer now.
     Respond(Response<Body>),
 }
 
 /// Phase 1: the normalised path, or 400.
-pub fn normalize_phase<B>(req: &Request<B>) -> Result<String, GatewayError> {
+pub fn normalize_phase<B>(req: &Request<B>) -> Result<NormPath, GatewayError> {
     path::normalize(req.uri().path())
-        .map(|p| p.into_owned())
+        .map(|p| match (p, req.uri().path_and_query()) {
+            (std::borrow::Cow::Borrowed(p), Some(pq)) if pq.path() == p => {
+                NormPath::Received(pq.clone())
+            }
+            (p, _) => NormPath::Rewritten(p.into_owned()),
+        })
         .map_err(|e| {
             GatewayError::BadRequest(match e {
                 path::PathError::NotAbsolute => "request path must start with '/'",
@@ -368,7 +412,7 @@ pub fn build_upstream_phase<B>(
             // builtin: keep an origin-form URI with the normalised path.
             let pq = match req.uri().query() {
                 Some(q) => format!("{}?{q}", ctx.path),
-                None => ctx.path.clone(),
+                None => ctx.path.to_string(),
             };
             if let Ok(u) = http::Uri::try_from(pq) {
                 *req.uri_mut() = u;
@@ -396,7 +440,7 @@ pub fn decide<'a, B>(
         );
     }
     let (upgrade, trusted) = strip_phase(rt, req.headers_mut(), conn);
-    if path == "/.auth" || path.starts_with("/.auth/") {
+    if path.as_str() == "/.auth" || path.starts_with("/.auth/") {
         return Decision::Endpoint(path);
     }
     let ctx = RequestCtx {

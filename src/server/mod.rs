@@ -456,10 +456,12 @@ fn request_id(prefix: u32, seq: u64) -> [u8; 16] {
     buf
 }
 
-/// The request id as a header value (a fresh one for each use: cloning a freshly built value
-/// costs more than building it again).
-fn request_id_value(id: &[u8; 16]) -> HeaderValue {
-    HeaderValue::from_bytes(id).expect("hex digits are a valid header value")
+/// The request id as a header value: its bytes live in one reference-counted allocation, so the
+/// copies for the upstream request and the response are reference counts (a value built from a
+/// `Vec` would allocate again when first cloned).
+fn request_id_value(id: [u8; 16]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .expect("hex digits are a valid header value")
 }
 
 /// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
@@ -480,11 +482,10 @@ async fn logged(
     let method = access.then(|| req.method().clone());
     let path = access.then(|| req.uri().path().to_owned());
     let version = req.version();
-    let mut resp = handle(shared, rt, req, &conn, request_id_value(&rid)).await;
-    resp.headers_mut().insert(
-        crate::pipeline::headers::X_REQUEST_ID.clone(),
-        request_id_value(&rid),
-    );
+    let rid_value = request_id_value(rid);
+    let mut resp = handle(shared, rt, req, &conn, rid_value.clone()).await;
+    resp.headers_mut()
+        .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
     if let (Some(method), Some(path), Some(start)) = (method, path, start) {
         let route = resp.extensions().get::<RouteLabel>().map(|r| r.0.clone());
         let bytes = resp.body().size_hint().exact();
