@@ -148,6 +148,16 @@ fn finish_exchange(
 /// A timer kept by an HTTP/1 client connection for its requests' upstream deadlines.
 pub type ConnTimer = Mutex<Option<Pin<Box<Sleep>>>>;
 
+/// Polls `sleep` outside tokio's cooperative budget. A `Sleep` polled when the task's budget is
+/// spent returns `Pending` without registering with the timer driver; the timers here are polled
+/// once and from then on only read (`is_elapsed`), so such a refused poll would leave them never
+/// firing — a deadline silently gone.
+pub(crate) fn poll_sleep(sleep: Pin<&mut Sleep>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+    let mut sleep = sleep;
+    let once = tokio::task::unconstrained(std::future::poll_fn(|cx| sleep.as_mut().poll(cx)));
+    std::pin::pin!(once).poll(cx)
+}
+
 /// Runs `fut` until it completes (`Some`) or `timeout` has passed (`None`).
 ///
 /// Same result as `tokio::time::timeout`, cheaper per request on keep-alive connections: with
@@ -222,7 +232,7 @@ impl Deadline<'_> {
             sleep.as_mut().reset(at);
         }
         loop {
-            match sleep.as_mut().poll(cx) {
+            match poll_sleep(sleep.as_mut(), cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) if Instant::now() >= at => return Poll::Ready(()),
                 // Armed for an earlier request: on to this one's deadline.
@@ -242,9 +252,57 @@ impl Drop for Deadline<'_> {
     }
 }
 
+/// Test helper: spends the task's whole cooperative budget on its first poll, then polls `F` — as
+/// a future polled late in a busy task poll is.
+#[cfg(test)]
+pub(crate) struct BudgetSpentFirst<F> {
+    inner: Pin<Box<F>>,
+    spent: bool,
+}
+
+#[cfg(test)]
+impl<F: Future> BudgetSpentFirst<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        BudgetSpentFirst {
+            inner: Box::pin(inner),
+            spent: false,
+        }
+    }
+}
+
+#[cfg(test)]
+impl<F: Future> Future for BudgetSpentFirst<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        if !self.spent {
+            self.spent = true;
+            // Each call takes one unit; the first refused one means none is left.
+            while std::pin::pin!(tokio::task::consume_budget())
+                .poll(cx)
+                .is_ready()
+            {}
+        }
+        self.inner.as_mut().poll(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn deadline_fires_even_when_first_polled_with_the_budget_spent() {
+        let stuck = BudgetSpentFirst::new(with_deadline(
+            std::future::pending::<()>(),
+            Duration::from_millis(50),
+            None,
+        ));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), stuck).await,
+            Ok(None),
+            "the deadline never fired"
+        );
+    }
 
     #[tokio::test]
     async fn deadline_ends_a_stuck_future_and_not_a_finished_one() {

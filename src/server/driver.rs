@@ -257,7 +257,7 @@ impl<C: Connection> Future for Driver<C> {
             if *this.timer_registered && !this.timer.is_elapsed() {
                 break;
             }
-            if this.timer.as_mut().poll(cx).is_pending() {
+            if crate::pipeline::forward::poll_sleep(this.timer.as_mut(), cx).is_pending() {
                 *this.timer_registered = true;
                 break;
             }
@@ -347,6 +347,27 @@ mod tests {
         assert_eq!(start.elapsed(), IDLE);
         assert_eq!(graceful.load(Ordering::Relaxed), 0);
         assert_eq!(drain.len(), 0, "the connection's drain token is released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timer_fires_even_when_first_polled_with_the_budget_spent() {
+        let drain = Drain::new();
+        let (conn, _) = fake(true);
+        let driver = Driver::new(conn, Activity::new(), IDLE, drain.member());
+        let ended = tokio::time::timeout(
+            IDLE * 3,
+            crate::pipeline::forward::BudgetSpentFirst::new(driver),
+        )
+        .await;
+        assert!(
+            matches!(
+                ended,
+                Ok(Ended::Idle {
+                    before_first_request: true
+                })
+            ),
+            "the idle timer never fired"
+        );
     }
 
     #[tokio::test(start_paused = true)]
