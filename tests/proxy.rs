@@ -965,29 +965,41 @@ async fn malformed_oversized_head_answers_431_and_too_many_headers_4xx() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn malformed_slowloris_partial_head_is_closed_after_header_read_timeout() {
-    init();
-    let up = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
+/// A gateway with `header_read_timeout = "1s"` and one public route to `up`.
+async fn one_second_idle_bound(up: &Upstream) -> TestGateway {
+    TestGateway::start(&format!(
         "{}{}",
         server_section("header_read_timeout = \"1s\""),
         public_route(&up.url())
     ))
-    .await;
+    .await
+}
+
+/// Reads until the gateway closes `s`, which must happen within 5 s and not before ~1 s (the
+/// one-second idle bound, not something else); returns what came. `what` names the case.
+async fn closed_by_idle_bound(s: &mut TcpStream, what: &str) -> Vec<u8> {
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "{what}: connection still open after 5 s");
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{what}: closed too early ({:?}): not the timeout",
+        start.elapsed()
+    );
+    rest
+}
+
+#[tokio::test]
+async fn malformed_slowloris_partial_head_is_closed_after_header_read_timeout() {
+    init();
+    let up = Upstream::start().await;
+    let gw = one_second_idle_bound(&up).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /slowloris HTTP/1.1\r\nHost: x\r\nX-Drip: a")
         .await
         .unwrap();
-    let start = Instant::now();
-    let mut buf = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    assert!(r.is_ok(), "connection still open after 5 s");
-    assert!(
-        start.elapsed() >= Duration::from_millis(800),
-        "closed too early ({:?}): not the timeout",
-        start.elapsed()
-    );
+    closed_by_idle_bound(&mut s, "half a first head").await;
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
 }
@@ -996,51 +1008,22 @@ async fn malformed_slowloris_partial_head_is_closed_after_header_read_timeout() 
 async fn malformed_silent_connection_is_closed_after_header_read_timeout() {
     init();
     let up = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
-        "{}{}",
-        server_section("header_read_timeout = \"1s\""),
-        public_route(&up.url())
-    ))
-    .await;
+    let gw = one_second_idle_bound(&up).await;
     // Nothing at all, and a prefix of the HTTP/2 preface (protocol detection must not wait forever).
     for sent in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..]] {
         let mut s = TcpStream::connect(gw.addr).await.unwrap();
         s.write_all(sent).await.unwrap();
-        let start = Instant::now();
-        let mut buf = Vec::new();
-        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-        assert!(
-            r.is_ok(),
-            "connection that sent {sent:?} still open after 5 s"
-        );
-        assert!(
-            start.elapsed() >= Duration::from_millis(800),
-            "closed too early"
-        );
+        closed_by_idle_bound(&mut s, &format!("sent {sent:?}")).await;
     }
     assert_eq!(up.count(), 0);
     gw.shutdown().await;
-}
-
-/// Reads until the peer closes (at most 5 s); returns what came and how long it took.
-async fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
-    let start = Instant::now();
-    let mut rest = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-    assert!(r.is_ok(), "connection still open after 5 s");
-    (rest, start.elapsed())
 }
 
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_after_header_read_timeout_even_mid_head() {
     init();
     let up = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
-        "{}{}",
-        server_section("header_read_timeout = \"1s\""),
-        public_route(&up.url())
-    ))
-    .await;
+    let gw = one_second_idle_bound(&up).await;
     // After a complete exchange: nothing more, or half of the next head.
     for (i, next) in [
         &b""[..],
@@ -1055,11 +1038,7 @@ async fn idle_keep_alive_connection_is_closed_after_header_read_timeout_even_mid
             .unwrap();
         assert_eq!(raw_status(&read_one_response(&mut s).await), 200);
         s.write_all(next).await.unwrap();
-        let (rest, took) = read_until_closed(&mut s).await;
-        assert!(
-            took >= Duration::from_millis(800),
-            "closed too early ({took:?}): not the timeout"
-        );
+        let rest = closed_by_idle_bound(&mut s, &format!("after a request, sent {next:?}")).await;
         assert!(rest.is_empty(), "nothing more is sent: {rest:?}");
         assert_eq!(
             up.count(),
@@ -1074,12 +1053,7 @@ async fn idle_keep_alive_connection_is_closed_after_header_read_timeout_even_mid
 async fn requests_in_flight_outlive_header_read_timeout_and_keep_their_connection() {
     init();
     let up = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
-        "{}{}",
-        server_section("header_read_timeout = \"1s\""),
-        public_route(&up.url())
-    ))
-    .await;
+    let gw = one_second_idle_bound(&up).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     // A slow upstream: the response head comes after 1.5 s.
     let start = Instant::now();
@@ -1124,12 +1098,7 @@ async fn idle_http2_connection_is_shut_down_after_header_read_timeout() {
     use http_body_util::{BodyExt, Empty};
     init();
     let up = Upstream::start().await;
-    let gw = TestGateway::start(&format!(
-        "{}{}",
-        server_section("header_read_timeout = \"1s\""),
-        public_route(&up.url())
-    ))
-    .await;
+    let gw = one_second_idle_bound(&up).await;
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
     let (mut tx, conn) =
         hyper::client::conn::http2::handshake(executor(), hyper_util::rt::TokioIo::new(tcp))
