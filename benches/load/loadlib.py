@@ -60,15 +60,18 @@ def _tree(pid):
 
 
 def cmd_cpu(args):
-    ticks = 0
+    """Prints the user and the system CPU seconds of a process tree, space-separated."""
+    user = system = 0
     for p in _tree(str(args.pid)):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue  # exited meanwhile
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    print(f"{ticks / os.sysconf('SC_CLK_TCK'):.3f}")
+        user += int(fields[11])
+        system += int(fields[12])
+    hz = os.sysconf("SC_CLK_TCK")
+    print(f"{user / hz:.3f} {system / hz:.3f}")
 
 
 # ---------------------------------------------------------------------------------------- storm
@@ -283,9 +286,12 @@ def summarize(runs, phase, order):
             "p50_us": median([r["lat_p50_us"] for r in good]),
             "p99_us": median([r["lat_p99_us"] for r in good]),
             "p50_all": [r["lat_p50_us"] for r in rs],
-            # CPU time of the server process tree per request (user + system, 10 ms ticks).
+            # CPU time of the server process tree per request (user + system, 10 ms ticks), and
+            # its user part: the server's own code, without the kernel's socket and wake-up work.
             "cpu_us_per_req": median([r["server_cpu_s"] * 1e6 / r["requests"] for r in good
                                       if "server_cpu_s" in r and r.get("requests")]),
+            "user_us_per_req": median([r["server_user_s"] * 1e6 / r["requests"] for r in good
+                                       if "server_user_s" in r and r.get("requests")]),
         })
     return rows
 
@@ -345,13 +351,16 @@ def cmd_report(args):
                 fmt_num(r["ratio_vs_upstream"], 2), fmt_num(r["ratio_vs_nginx_proxy"], 2),
                 fmt_num(r["us_per_req_over_nginx"], 1),
                 fmt_num(r["cpu_us_per_req"], 1), fmt_num(r["cpu_vs_nginx_proxy"], 2),
+                fmt_num(r["user_us_per_req"], 1),
                 " ".join(fmt_num(x) for x in r["rps_all"]), status,
             ])
         print_table(["target", "req/s", "p50 us", "p99 us", "/upstream", "/nginx",
-                     "+us/req vs nginx", "cpu us/req", "cpu /nginx", "req/s per round", "status"],
-                    rows, "lrrrrrrrrll")
+                     "+us/req vs nginx", "cpu us/req", "cpu /nginx", "user us/req",
+                     "req/s per round", "status"],
+                    rows, "lrrrrrrrrrll")
         print("  cpu us/req: CPU time (user + system) of the server's own processes per request, "
-              "median over rounds; the load generator and the upstream are not counted")
+              "median over rounds; the load generator and the upstream are not counted; "
+              "user us/req: its user-space part (the server's own code)")
         for r in thr:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
@@ -371,10 +380,14 @@ def cmd_report(args):
         print(f"Latency with 1 connection (wrk -t1 -c1, {meta.get('lat_duration')}s, "
               f"median over {meta.get('lat_rounds', '1')} interleaved round(s))")
         rows = [[r["target"], fmt_num(r["rps"]), fmt_num(r["p50_us"]), fmt_num(r["p99_us"]),
+                 fmt_num(r["cpu_us_per_req"], 1), fmt_num(r["user_us_per_req"], 1),
                  " ".join("-" if v is None else str(round(v)) for v in r["p50_all"]),
                  "ok" if r["invalid_runs"] == 0 else "INVALID"] for r in lat]
-        print_table(["target", "req/s", "p50 us", "p99 us", "p50 per round", "status"], rows,
-                    "lrrrll")
+        print_table(["target", "req/s", "p50 us", "p99 us", "cpu us/req", "user us/req",
+                     "p50 per round", "status"], rows, "lrrrrrll")
+        print("  with one connection every request wakes each process from sleep: most of the CPU "
+              "is the kernel's (and, on a VM, the hypervisor's) wake-up path; the user part is "
+              "what the server's own code costs on cold caches")
         for r in lat:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")

@@ -542,7 +542,10 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   cpu1="$(python3 "$LIB" cpu "${!spid}")"
   [ "$phase" != warmup ] || return 0
   line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
-  [ "$line" = MISSING ] || line+=" server_cpu_s=$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.3f", b - a }')"
+  # "user system" seconds before and after: total and user part of the run.
+  [ "$line" = MISSING ] || line+="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    printf " server_cpu_s=%.3f server_user_s=%.3f", (y[1] + y[2]) - (x[1] + x[2]), y[1] - x[1] }')"
   echo "$phase $t $r $line" >>"$RAW"
   if [ "$line" = MISSING ]; then
     printf '  %-8s %-17s round %s: no result (see %s)\n' "$phase" "$t" "$r" "$out"
@@ -550,9 +553,10 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
     awk -v ph="$phase" -v t="$t" -v r="$r" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
       errs = v["err_connect"] + v["err_read"] + v["err_write"] + v["err_timeout"] + v["err_status"]
-      printf "  %-8s %-17s round %s: %9.0f req/s  p50 %6d us  p99 %6d us  cpu %5.1f us/req%s\n", ph, t, r,
+      printf "  %-8s %-17s round %s: %9.0f req/s  p50 %6d us  p99 %6d us  cpu %5.1f us/req (user %4.1f)%s\n", ph, t, r,
         v["requests"] / (v["duration_us"] / 1e6), v["lat_p50_us"], v["lat_p99_us"],
         v["requests"] ? v["server_cpu_s"] * 1e6 / v["requests"] : 0,
+        v["requests"] ? v["server_user_s"] * 1e6 / v["requests"] : 0,
         errs ? sprintf("  INVALID (%d socket errors, %d status >= 400)", errs - v["err_status"], v["err_status"]) : ""
     }' <<<"$line"
   fi
