@@ -187,7 +187,11 @@ impl SessionStore for MemorySessionStore {
             if self.expired(&s, now) {
                 None
             } else {
-                s.last_ms.fetch_max(now, Ordering::Relaxed);
+                // A plain read first: under load most requests of a session fall in the same
+                // millisecond, and a read-modify-write is a locked instruction on every one.
+                if s.last_ms.load(Ordering::Relaxed) < now {
+                    s.last_ms.fetch_max(now, Ordering::Relaxed);
+                }
                 Some(SessionData {
                     username: s.username.clone(),
                     created_unix: self.epoch_unix + s.created_ms / 1000,

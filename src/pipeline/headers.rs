@@ -70,7 +70,14 @@ pub fn eq_normalized(name: &[u8], target: &[u8]) -> bool {
 /// every response (`Connection: keep-alive` is in most of both).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     let mut upgrade = None;
-    if headers.contains_key(header::CONNECTION) {
+    // Most `Connection` values only say `keep-alive`, which names no header beyond the fixed list
+    // below: then the values need neither copying nor a removal pass of their own.
+    let names_more = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| !is_fixed_connection_token(t.trim_ascii()))
+    });
+    if names_more {
         // The values are reference-counted slices of the received head: holding them while the
         // named headers are removed costs no copy. More than four `Connection` lines is rare.
         let mut first: [Option<HeaderValue>; 4] = Default::default();
@@ -107,6 +114,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         }
     }
     upgrade
+}
+
+/// A `Connection` token that needs no work of its own: empty, or a name in [`HOP_BY_HOP`] other
+/// than `upgrade` (removed anyway; an upgrade must be reported).
+fn is_fixed_connection_token(t: &[u8]) -> bool {
+    t.is_empty()
+        || HOP_BY_HOP
+            .iter()
+            .any(|h| h != header::UPGRADE && t.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// A set of normalised header names (lowercase, `-` for `_` and `.`), bucketed by length so a
@@ -378,6 +394,34 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("te").is_none() && h.get("upgrade").is_none());
         assert_eq!(h.get("x-keep").unwrap(), "1");
         assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn remove_hop_by_hop_without_named_headers_still_removes_the_fixed_list() {
+        // Only tokens from the fixed list: the short path.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("Keep-Alive, te,"));
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        for (n, v) in [
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-keep", "1"),
+        ] {
+            h.insert(n, HeaderValue::from_static(v));
+        }
+        assert!(remove_hop_by_hop(&mut h).is_none(), "upgrade not asked for");
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
+        // `close` is a connection option that may also name a header: that header goes too.
+        let mut h = HeaderMap::new();
+        for (n, v) in [("connection", "close"), ("close", "1"), ("x-keep", "1")] {
+            h.insert(n, HeaderValue::from_static(v));
+        }
+        assert!(remove_hop_by_hop(&mut h).is_none());
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
     }
 
     #[test]
