@@ -38,7 +38,7 @@ fn main() {
     let t = Instant::now();
     let mut ids = Vec::with_capacity(16);
     for i in 0..n {
-        let id = store.create(users[(i % 1000) as usize].clone()).unwrap();
+        let id = store.create(users[(i % 1000) as usize].clone(), 0).unwrap();
         if i % (n / 16).max(1) == 0 {
             ids.push(id);
         }

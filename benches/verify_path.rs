@@ -74,7 +74,7 @@ fn bench_sessions(c: &mut Criterion) {
         let user: Arc<str> = Arc::from("alice");
         let mut ids = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let id = store.create(user.clone()).unwrap();
+            let id = store.create(user.clone(), 0).unwrap();
             let key = authgate::auth::session::decode_key(&id).unwrap();
             moka.insert(key, user.clone());
             naive.lock().unwrap().insert(id.clone(), user.clone());
@@ -147,7 +147,13 @@ fn conn() -> ConnInfo {
 
 fn bench_headers(c: &mut Criterion) {
     let (rt, live) = runtime("");
-    let id = live.sessions.create(Arc::from("alice")).unwrap();
+    let id = live
+        .sessions
+        .create(
+            Arc::from("alice"),
+            rt.users.get("alice").unwrap().password_version,
+        )
+        .unwrap();
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
     let auth =
         authgate::auth::authenticate(&rt, &live, &request("/", &cookie).headers().clone()).unwrap();
@@ -221,7 +227,13 @@ fn bench_headers(c: &mut Criterion) {
 
 fn bench_decision(c: &mut Criterion) {
     let (rt, live) = runtime("");
-    let id = live.sessions.create(Arc::from("alice")).unwrap();
+    let id = live
+        .sessions
+        .create(
+            Arc::from("alice"),
+            rt.users.get("alice").unwrap().password_version,
+        )
+        .unwrap();
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
     let rid = HeaderValue::from_static("0000000000000001");
     let conn = conn();
@@ -278,12 +290,15 @@ fn jwt_runtime(alg: &str, dir: &Path) -> (Runtime, Live, String) {
         .jwt
         .as_ref()
         .unwrap()
-        .issue(
+        .issue_stamped(
             &user.username,
             user.email.as_deref(),
             &user.groups,
             now,
-            now,
+            authgate::auth::jwt::Stamp {
+                now_ms: now * 1000,
+                password_version: Some(user.password_version),
+            },
             rt.config.auth.max_lifetime,
         )
         .unwrap()

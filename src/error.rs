@@ -27,9 +27,15 @@ pub enum GatewayError {
     /// Logged in but not allowed.
     #[error("forbidden")]
     Forbidden,
-    /// CSRF token or origin check failed.
+    /// The request came from another site (Origin, Referer or Sec-Fetch-Site says so).
     #[error("cross-site request refused")]
-    Csrf,
+    CrossSite,
+    /// A form post without the CSRF token, or with one that does not match its cookie.
+    #[error("missing or mismatched CSRF token")]
+    CsrfToken,
+    /// A request framing or feature the gateway does not implement (a transfer coding).
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     /// Body over the endpoint's cap.
     #[error("request body too large")]
     PayloadTooLarge,
@@ -67,7 +73,10 @@ impl GatewayError {
             GatewayError::NoRoute | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            GatewayError::Forbidden | GatewayError::Csrf => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden | GatewayError::CrossSite | GatewayError::CsrfToken => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -86,8 +95,16 @@ impl GatewayError {
             GatewayError::NotFound => "not found",
             GatewayError::MethodNotAllowed => "method not allowed",
             GatewayError::Unauthenticated => "authentication required",
-            GatewayError::Forbidden => "you are not allowed to access this resource",
-            GatewayError::Csrf => "cross-site request refused; reload the page and try again",
+            GatewayError::Forbidden => {
+                "you are signed in, but your account is not allowed to access this resource"
+            }
+            GatewayError::CrossSite => {
+                "refused: this request was sent from another site (its Origin, Referer or Sec-Fetch-Site header does not match this gateway)"
+            }
+            GatewayError::CsrfToken => {
+                "the form's security token is missing or has expired; reload the page and submit it again"
+            }
+            GatewayError::NotImplemented(m) => m,
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::UnsupportedMediaType => "unsupported content type",
             GatewayError::TooManyRequests { .. } => "too many attempts; try again later",

@@ -92,9 +92,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::HashPassword => {
             let pw = read_password()?;
-            if pw.is_empty() {
-                anyhow::bail!("empty password");
-            }
             println!(
                 "{}",
                 authgate::auth::password::hash(pw.as_bytes()).map_err(anyhow::Error::msg)?
@@ -125,6 +122,83 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Bound on piped input: two copies of the longest password plus line ends fit easily; anything
+/// longer is a file piped by mistake, not a password.
+const MAX_PASSWORD_INPUT: usize = 4096;
+/// `POST /.auth/login` refuses longer passwords, so a longer one could never be used to log in.
+const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Why `hash-password` refused its input. Never shows the password itself.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum PasswordInputError {
+    #[error("input is longer than {MAX_PASSWORD_INPUT} bytes: not a password")]
+    InputTooLong,
+    #[error("input is not valid UTF-8")]
+    NotUtf8,
+    #[error("empty password")]
+    Empty,
+    #[error("the password contains a control character ({0}); tabs, carriage returns and other control characters cannot be typed into the login form")]
+    ControlCharacter(String),
+    #[error(
+        "the password is longer than {MAX_PASSWORD_BYTES} bytes, which the login form refuses"
+    )]
+    TooLong,
+    #[error("the two lines differ (pipe the password once, or the same password twice)")]
+    LinesDiffer,
+    #[error(
+        "{0} lines of input: expected the password on one line, or the same password on two lines"
+    )]
+    TooManyLines(usize),
+}
+
+/// The password in piped input: one line, or the same line twice (as typed at the prompt).
+/// Lines end in `\n` or `\r\n`; the last line end is optional.
+fn password_from_input(input: &[u8]) -> Result<String, PasswordInputError> {
+    if input.len() > MAX_PASSWORD_INPUT {
+        return Err(PasswordInputError::InputTooLong);
+    }
+    let text = std::str::from_utf8(input).map_err(|_| PasswordInputError::NotUtf8)?;
+    // A `\r` counts as part of a line end only right before a `\n`; anywhere else it is refused.
+    let lines: Vec<&str> = text
+        .split_inclusive('\n')
+        .map(|l| {
+            l.strip_suffix('\n')
+                .map_or(l, |l| l.strip_suffix('\r').unwrap_or(l))
+        })
+        .collect();
+    match lines[..] {
+        [] => Err(PasswordInputError::Empty),
+        [one] => check_password(one),
+        [first, second] => {
+            check_password(first)?;
+            if first != second {
+                return Err(PasswordInputError::LinesDiffer);
+            }
+            Ok(first.to_string())
+        }
+        _ => Err(PasswordInputError::TooManyLines(lines.len())),
+    }
+}
+
+/// A password the login form can send: not empty, no control characters, not too long.
+fn check_password(pw: &str) -> Result<String, PasswordInputError> {
+    if pw.is_empty() {
+        return Err(PasswordInputError::Empty);
+    }
+    if let Some(c) = pw.chars().find(|c| c.is_control()) {
+        let name = match c {
+            '\t' => "a tab".to_string(),
+            '\r' => "a carriage return".to_string(),
+            c => format!("U+{:04X}", c as u32),
+        };
+        return Err(PasswordInputError::ControlCharacter(name));
+    }
+    if pw.len() > MAX_PASSWORD_BYTES {
+        return Err(PasswordInputError::TooLong);
+    }
+    Ok(pw.to_string())
+}
+
 fn read_password() -> anyhow::Result<String> {
     if std::io::stdin().is_terminal() {
         let a = rpassword::prompt_password("Password: ")?;
@@ -132,11 +206,14 @@ fn read_password() -> anyhow::Result<String> {
         if a != b {
             anyhow::bail!("passwords differ");
         }
-        Ok(a)
+        Ok(check_password(&a)?)
     } else {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        Ok(s.trim_end_matches(['\n', '\r']).to_string())
+        let mut input = Vec::new();
+        std::io::stdin()
+            .take(MAX_PASSWORD_INPUT as u64 + 1)
+            .read_to_end(&mut input)
+            .context("reading the password from stdin")?;
+        Ok(password_from_input(&input)?)
     }
 }
 
@@ -253,4 +330,99 @@ async fn wait_for_signals(gw: &Gateway, path: &std::path::Path) {
 #[cfg(not(unix))]
 async fn wait_for_signals(_gw: &Gateway, _path: &std::path::Path) {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use PasswordInputError as E;
+
+    #[test]
+    fn password_input_one_line_with_or_without_line_end() {
+        for input in ["pw", "pw\n", "pw\r\n"] {
+            assert_eq!(
+                password_from_input(input.as_bytes()),
+                Ok("pw".into()),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_input_two_equal_lines_give_the_first() {
+        for input in ["pw\npw", "pw\npw\n", "pw\r\npw\r\n", "pw\npw\r\n"] {
+            assert_eq!(
+                password_from_input(input.as_bytes()),
+                Ok("pw".into()),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_input_keeps_spaces_and_non_ascii() {
+        assert_eq!(
+            password_from_input(" corrèct horse \n corrèct horse \n".as_bytes()),
+            Ok(" corrèct horse ".into())
+        );
+    }
+
+    #[test]
+    fn password_input_two_different_lines_are_refused() {
+        assert_eq!(password_from_input(b"pw\npx\n"), Err(E::LinesDiffer));
+        assert_eq!(password_from_input(b"pw\npw \n"), Err(E::LinesDiffer));
+    }
+
+    #[test]
+    fn password_input_more_than_two_lines_is_refused() {
+        assert_eq!(
+            password_from_input(b"pw\npw\npw\n"),
+            Err(E::TooManyLines(3))
+        );
+        assert_eq!(password_from_input(b"pw\npw\n\n"), Err(E::TooManyLines(3)));
+    }
+
+    #[test]
+    fn password_input_empty_is_refused() {
+        for input in ["", "\n", "\r\n", "\n\n", "\npw\n"] {
+            assert_eq!(
+                password_from_input(input.as_bytes()),
+                Err(E::Empty),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_input_control_characters_are_refused() {
+        for input in [
+            "p\tw\n", "p\rw\n", "pw\r", "pw\r\r\n", "p\x1bw", "p\u{7f}w", "p\u{85}w",
+        ] {
+            assert!(
+                matches!(
+                    password_from_input(input.as_bytes()),
+                    Err(E::ControlCharacter(_))
+                ),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn password_input_invalid_utf8_is_refused() {
+        assert_eq!(password_from_input(b"p\xffw\n"), Err(E::NotUtf8));
+    }
+
+    #[test]
+    fn password_input_length_is_bounded() {
+        let long = "a".repeat(MAX_PASSWORD_BYTES + 1);
+        assert_eq!(password_from_input(long.as_bytes()), Err(E::TooLong));
+        let max = "a".repeat(MAX_PASSWORD_BYTES);
+        assert_eq!(
+            password_from_input(format!("{max}\r\n{max}\r\n").as_bytes()),
+            Ok(max)
+        );
+        let huge = vec![b'a'; MAX_PASSWORD_INPUT + 1];
+        assert_eq!(password_from_input(&huge), Err(E::InputTooLong));
+    }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::jwt::{JwtKeys, TokenCache};
 use crate::auth::revocation::{RevocationStore, Revocations};
@@ -229,7 +228,7 @@ impl Live {
                     .as_ref()
                     .map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size),
             ),
-            limiter: Arc::new(LoginLimiter::new(a.login_failures_per_minute)),
+            limiter: Arc::new(LoginLimiter::new(a.into())),
             hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
             hasher: crate::login::hashing::HashPool::new(a.login_concurrency),
         }
@@ -242,8 +241,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Live state.
     pub live: Live,
-    /// Open upgraded tunnels (WebSocket), waited for on shutdown.
-    pub tunnels: TaskTracker,
+    /// Open upgraded tunnels (WebSocket): re-checked while open, waited for on shutdown.
+    pub tunnels: Arc<crate::pipeline::tunnel::Tunnels>,
     /// Listeners are up.
     pub ready: AtomicBool,
     /// Request counter for request ids.
@@ -264,7 +263,7 @@ impl Shared {
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             live,
-            tunnels: TaskTracker::new(),
+            tunnels: Arc::new(crate::pipeline::tunnel::Tunnels::new()),
             ready: AtomicBool::new(false),
             request_seq: AtomicU64::new(0),
             request_prefix: u32::from_le_bytes(p),

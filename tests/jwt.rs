@@ -109,6 +109,8 @@ fn good_claims(sub: &str) -> Value {
         "iss": "authgate", "aud": "authgate", "sub": sub, "email": format!("{sub}@example.com"),
         "groups": ["admins", "staff"], "iat": t, "nbf": t, "exp": t + 600,
         "jti": B64.encode(id), "auth_time": t,
+        "pwv": authgate::auth::jwt::pwv_claim(
+            authgate::auth::users::password_version(support::password_hash())),
     })
 }
 

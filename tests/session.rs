@@ -1090,7 +1090,10 @@ async fn group_and_user_rules_allow_members_forbid_others_and_me_verify_report_i
 async fn login_rate_limit_blocks_address_after_failures_even_with_right_password_or_forged_xff() {
     init();
     let up = Upstream::start().await;
-    let cfg = config(&up, "[auth]\nlogin_failures_per_minute = 3\n");
+    let cfg = config(
+        &up,
+        "[auth]\nlogin_failures_per_minute = 3\nlogin_failures_per_minute_per_address = 3\n",
+    );
     let gw = TestGateway::start(&cfg).await;
 
     for i in 0..3 {
@@ -1401,7 +1404,7 @@ async fn login_rate_limit_behind_trusted_proxy_keys_on_last_forwarded_hop_across
     let up = Upstream::start().await;
     let gw = TestGateway::start(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n\
-         [auth]\nlogin_failures_per_minute = 2\n\n{}[[routes]]\npath_prefix = \"/\"\nupstream = \"{}\"\n",
+         [auth]\nlogin_failures_per_minute_per_address = 2\n\n{}[[routes]]\npath_prefix = \"/\"\nupstream = \"{}\"\n",
         user_toml("alice", &[]),
         up.url()
     ))

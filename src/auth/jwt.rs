@@ -132,6 +132,12 @@ pub struct VerifiedToken {
     pub jti: String,
     /// Issued at (Unix seconds).
     pub iat: u64,
+    /// Issued at, in Unix milliseconds (the `iat_ms` claim; without one, the last millisecond of
+    /// `iat`, so that a sign-out-everywhere in the same second still covers it).
+    pub iat_ms: u64,
+    /// The user's password version at login (the `pwv` claim): a token whose version differs
+    /// from the user's current one was issued before a password change.
+    pub password_version: Option<u64>,
     /// Expires at (Unix seconds).
     pub exp: u64,
     /// Original login time (Unix seconds), carried over sliding renewals.
@@ -182,6 +188,32 @@ impl PartialEq for RevocationMark {
 }
 
 impl Eq for RevocationMark {}
+
+/// What a new token carries beside its subject: the issue time in milliseconds (so that a
+/// sign-out-everywhere and a login in the same second are told apart) and the user's password
+/// version (so that a password change ends the tokens issued before it).
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Now, in Unix milliseconds.
+    pub now_ms: u64,
+    /// The user's [`crate::auth::users::User::password_version`].
+    pub password_version: Option<u64>,
+}
+
+impl Stamp {
+    /// A stamp without a password version, at the start of second `now` (tests, tools).
+    pub fn unversioned(now: u64) -> Stamp {
+        Stamp {
+            now_ms: now.saturating_mul(1000),
+            password_version: None,
+        }
+    }
+}
+
+/// The `pwv` claim of a password version: base64url of its 8 bytes.
+pub fn pwv_claim(password_version: u64) -> String {
+    URL_SAFE_NO_PAD.encode(password_version.to_be_bytes())
+}
 
 /// A freshly issued token and its claims.
 pub struct IssuedToken {
@@ -362,6 +394,9 @@ struct OutClaims<'a> {
     jti: &'a str,
     auth_time: u64,
     sid: &'a str,
+    iat_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pwv: Option<&'a str>,
 }
 
 /// Only the members we act on; borrowed so the common (escape-free) header costs no allocation.
@@ -389,6 +424,8 @@ struct InClaims {
     exp: Option<u64>,
     auth_time: Option<u64>,
     sid: Option<String>,
+    iat_ms: Option<u64>,
+    pwv: Option<String>,
     // Type-checked even though unused here, so a token with odd shapes is rejected early.
     #[allow(dead_code)]
     email: Option<String>,
@@ -525,6 +562,40 @@ impl JwtKeys {
         Duration::from_secs(self.leeway)
     }
 
+    /// Issue a token for a new login, stamped with the user's password version and the issue
+    /// time in milliseconds (see [`Stamp`]).
+    pub fn issue_stamped(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        groups: &[String],
+        auth_time: u64,
+        stamp: Stamp,
+        max_lifetime: Duration,
+    ) -> Result<IssuedToken, JwtError> {
+        self.issue_in_session(sub, email, groups, auth_time, None, stamp, max_lifetime)
+    }
+
+    /// Sliding renewal of `prev` (as [`JwtKeys::renew`]), stamped (see [`Stamp`]).
+    pub fn renew_stamped(
+        &self,
+        prev: &VerifiedToken,
+        email: Option<&str>,
+        groups: &[String],
+        stamp: Stamp,
+        max_lifetime: Duration,
+    ) -> Result<IssuedToken, JwtError> {
+        self.issue_in_session(
+            &prev.sub,
+            email,
+            groups,
+            prev.auth_time,
+            Some(&prev.sid),
+            stamp,
+            max_lifetime,
+        )
+    }
+
     /// Issue a token for a new login. iat = now, nbf = now, exp = min(now + ttl, auth_time + max_lifetime); jti and sid = 128-bit random base64url; header alg pinned + kid.
     pub fn issue(
         &self,
@@ -535,7 +606,15 @@ impl JwtKeys {
         now: u64,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
-        self.issue_in_session(sub, email, groups, auth_time, None, now, max_lifetime)
+        self.issue_in_session(
+            sub,
+            email,
+            groups,
+            auth_time,
+            None,
+            Stamp::unversioned(now),
+            max_lifetime,
+        )
     }
 
     /// Sliding renewal of `prev`: same subject, login time and session id, new jti and times.
@@ -553,7 +632,7 @@ impl JwtKeys {
             groups,
             prev.auth_time,
             Some(&prev.sid),
-            now,
+            Stamp::unversioned(now),
             max_lifetime,
         )
     }
@@ -566,9 +645,11 @@ impl JwtKeys {
         groups: &[String],
         auth_time: u64,
         sid: Option<&str>,
-        now: u64,
+        stamp: Stamp,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
+        let now = stamp.now_ms / 1000;
+        let pwv = stamp.password_version.map(pwv_claim);
         if sub.is_empty() {
             return Err(JwtError::Claims("empty subject".into()));
         }
@@ -604,6 +685,8 @@ impl JwtKeys {
             jti: &jti,
             auth_time,
             sid: &sid,
+            iat_ms: stamp.now_ms,
+            pwv: pwv.as_deref(),
         };
         let payload = serde_json::to_vec(&claims)
             .map_err(|_| JwtError::Sign("cannot encode claims".into()))?;
@@ -624,6 +707,8 @@ impl JwtKeys {
                 sub: sub.to_string(),
                 jti,
                 iat: now,
+                iat_ms: stamp.now_ms,
+                password_version: stamp.password_version,
                 exp,
                 auth_time,
                 sid,
@@ -715,10 +800,28 @@ impl JwtKeys {
         if now.saturating_sub(auth_time) > max_lifetime.as_secs() {
             return Err(JwtError::TooOld);
         }
+        // Only an `iat_ms` within `iat`'s second is believed; otherwise the token counts as
+        // issued at the end of that second (covered by a sign-out-everywhere in it).
+        let iat_ms = c
+            .iat_ms
+            .filter(|ms| ms / 1000 == iat)
+            .unwrap_or_else(|| iat.saturating_mul(1000).saturating_add(999));
+        let password_version = match c.pwv {
+            None => None,
+            Some(p) => {
+                let mut b = [0u8; 8];
+                match URL_SAFE_NO_PAD.decode_slice(p.as_bytes(), &mut b) {
+                    Ok(8) => Some(u64::from_be_bytes(b)),
+                    _ => return Err(JwtError::Claims("malformed `pwv`".into())),
+                }
+            }
+        };
         Ok(VerifiedToken {
             sub,
             jti,
             iat,
+            iat_ms,
+            password_version,
             exp,
             auth_time,
             sid,
@@ -2558,6 +2661,8 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 sub: "alice".into(),
                 jti: "j".into(),
                 iat: t,
+                iat_ms: t * 1000,
+                password_version: None,
                 exp: t + 600,
                 auth_time: t,
                 sid: "s".into(),

@@ -68,7 +68,7 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
         AuthMode::Session => {
             let Source::Cookie(v) = src else { return None };
             let s = live.sessions.get(v)?;
-            let user = rt.users.get(&s.username)?.clone();
+            let user = session_user(rt, &s)?.clone();
             Some(Authenticated {
                 user,
                 credential: Credential::Session(s),
@@ -89,21 +89,7 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
                     return None;
                 }
             };
-            // The deny-lists are only consulted again for a cached token once something has
-            // been revoked since it was last found clean (read the generation first: a
-            // revocation racing with the lookups bumps it afterwards, forcing a re-check).
-            let generation = live.revocations.generation();
-            if !vt.revocations_checked.is_checked_at(generation) {
-                if live.revocations.is_jti_revoked(&vt.jti)
-                    || live.revocations.is_jti_revoked(&vt.sid)
-                    || live.revocations.is_user_revoked(&vt.sub, vt.iat)
-                {
-                    tracing::debug!(user = %vt.sub, "jwt revoked");
-                    return None;
-                }
-                vt.revocations_checked.set_checked_at(generation);
-            }
-            let user = rt.users.get(&vt.sub)?.clone();
+            let user = jwt_user(rt, live, &vt)?.clone();
             let renew = if matches!(src, Source::Cookie(_)) {
                 renew_if_due(rt, &user, &vt, now)
             } else {
@@ -116,6 +102,48 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
             })
         }
     }
+}
+
+/// The user a (live) session belongs to, if it still may act for them: the user exists in the
+/// current snapshot and their password has not changed since the login.
+pub fn session_user<'a>(rt: &'a Runtime, s: &session::SessionData) -> Option<&'a Arc<User>> {
+    let user = rt.users.get(&s.username)?;
+    if user.password_version != s.password_version {
+        tracing::debug!(user = %user.username, "session from before a password change");
+        return None;
+    }
+    Some(user)
+}
+
+/// The user a verified token belongs to, if it still may act for them: not revoked (its `jti`,
+/// its login session, or every token of the user up to a sign-out-everywhere), the user exists,
+/// and the token carries the user's current password version. Time limits (`exp`,
+/// `max_lifetime`) are the verifier's.
+pub fn jwt_user<'a>(
+    rt: &'a Runtime,
+    live: &Live,
+    vt: &jwt::VerifiedToken,
+) -> Option<&'a Arc<User>> {
+    // The deny-lists are only consulted again for a cached token once something has been revoked
+    // since it was last found clean (read the generation first: a revocation racing with the
+    // lookups bumps it afterwards, forcing a re-check).
+    let generation = live.revocations.generation();
+    if !vt.revocations_checked.is_checked_at(generation) {
+        if live.revocations.is_jti_revoked(&vt.jti)
+            || live.revocations.is_jti_revoked(&vt.sid)
+            || live.revocations.is_user_revoked(&vt.sub, vt.iat_ms)
+        {
+            tracing::debug!(user = %vt.sub, "jwt revoked");
+            return None;
+        }
+        vt.revocations_checked.set_checked_at(generation);
+    }
+    let user = rt.users.get(&vt.sub)?;
+    if vt.password_version != Some(user.password_version) {
+        tracing::debug!(user = %vt.sub, "jwt from before a password change");
+        return None;
+    }
+    Some(user)
 }
 
 /// Sliding renewal: a fresh cookie once less than half the ttl is left, never past max_lifetime.
@@ -147,9 +175,19 @@ pub fn issue_jwt_cookie(
     let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
     let max_lifetime = rt.config.auth.max_lifetime;
     let (email, groups) = (user.email.as_deref(), &user.groups);
+    // Milliseconds from the same clock reading as `now`'s second (never another second).
+    let now_ms = session::unix_now_ms();
+    let stamp = jwt::Stamp {
+        now_ms: if now_ms / 1000 == now {
+            now_ms
+        } else {
+            now.saturating_mul(1000)
+        },
+        password_version: Some(user.password_version),
+    };
     let issued = match prev {
-        Some(p) => keys.renew(p, email, groups, now, max_lifetime),
-        None => keys.issue(&user.username, email, groups, now, now, max_lifetime),
+        Some(p) => keys.renew_stamped(p, email, groups, stamp, max_lifetime),
+        None => keys.issue_stamped(&user.username, email, groups, now, stamp, max_lifetime),
     }
     .map_err(|e| e.to_string())?;
     let max_age = issued.claims.exp.saturating_sub(now);

@@ -40,7 +40,7 @@ impl moka::Expiry<String, Duration> for UntilTokenExpiry {
 pub struct Revocations {
     /// jti → remaining lifetime at insertion (the value only feeds the expiry policy).
     jtis: moka::sync::Cache<String, Duration>,
-    /// username → tokens with `iat` at or before this are revoked.
+    /// username → tokens issued (Unix milliseconds) at or before this are revoked.
     users: DashMap<String, u64>,
     /// Bumped after every added revocation.
     generation: AtomicU64,
@@ -102,8 +102,11 @@ impl Revocations {
         self.jtis.get(jti).is_some()
     }
 
-    /// 'sign out everywhere': every token of this user issued (iat) at or before `at` is rejected.
-    pub fn revoke_user_before(&self, username: &str, at: u64) {
+    /// 'sign out everywhere': every token of this user issued at or before `at_ms` (Unix
+    /// milliseconds) is rejected. Milliseconds, so that a login right after the sign-out (the
+    /// same second) is not caught by it.
+    pub fn revoke_user_before(&self, username: &str, at_ms: u64) {
+        let at = at_ms;
         self.users
             .entry(username.to_owned())
             .and_modify(|t| *t = (*t).max(at))
@@ -111,13 +114,15 @@ impl Revocations {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// true if the token (user, iat) was issued at or before the user's not-before.
-    pub fn is_user_revoked(&self, username: &str, iat: u64) -> bool {
-        self.users.get(username).is_some_and(|t| iat <= *t)
+    /// true if the token (user, issued at `iat_ms`, Unix milliseconds) was issued at or before
+    /// the user's not-before.
+    pub fn is_user_revoked(&self, username: &str, iat_ms: u64) -> bool {
+        self.users.get(username).is_some_and(|t| iat_ms <= *t)
     }
 
-    /// Forgets user not-before times at or before `older_than`; call it periodically with
-    /// `now - max_lifetime`, since tokens older than that are rejected as too old anyway.
+    /// Forgets user not-before times at or before `older_than` (Unix milliseconds); call it
+    /// periodically with `now - max_lifetime`, since tokens older than that are rejected as too
+    /// old anyway.
     pub fn prune_users(&self, older_than: u64) {
         self.users.retain(|_, t| *t > older_than);
     }
@@ -131,11 +136,11 @@ pub trait RevocationStore: Send + Sync + 'static {
     fn revoke_jti(&self, jti: &str, exp: u64, now: u64);
     /// Whether a token id is denied.
     fn is_jti_revoked(&self, jti: &str) -> bool;
-    /// Denies every token of `username` issued at or before `at`.
-    fn revoke_user_before(&self, username: &str, at: u64);
-    /// Whether a token of `username` issued at `iat` is denied.
-    fn is_user_revoked(&self, username: &str, iat: u64) -> bool;
-    /// Forgets per-user times at or before `older_than`.
+    /// Denies every token of `username` issued at or before `at_ms` (Unix milliseconds).
+    fn revoke_user_before(&self, username: &str, at_ms: u64);
+    /// Whether a token of `username` issued at `iat_ms` (Unix milliseconds) is denied.
+    fn is_user_revoked(&self, username: &str, iat_ms: u64) -> bool;
+    /// Forgets per-user times at or before `older_than` (Unix milliseconds).
     fn prune_users(&self, older_than: u64);
     /// A number that changes (after the fact) whenever a revocation is added, here or (for a
     /// shared store) anywhere: a "not revoked" answer stays true while it is unchanged.

@@ -35,15 +35,20 @@ pub struct SessionData {
     pub username: Arc<str>,
     /// When (Unix seconds).
     pub created_unix: u64,
+    /// The user's password version at login ([`crate::auth::users::password_version`]).
+    pub password_version: u64,
 }
 
 /// A session store. Synchronous on purpose: the in-memory lookup is sub-microsecond and a future
 /// per request would cost more than the lookup; a networked store fronts itself with this one.
 pub trait SessionStore: Send + Sync + 'static {
     /// Creates a session and returns its cookie value.
-    fn create(&self, username: Arc<str>) -> Result<String, String>;
+    fn create(&self, username: Arc<str>, password_version: u64) -> Result<String, String>;
     /// Looks a cookie value up, refreshing the idle timer.
     fn get(&self, cookie_value: &str) -> Option<SessionData>;
+    /// Looks a cookie value up without refreshing the idle timer (an open tunnel's periodic
+    /// re-check: being open is not use).
+    fn peek(&self, cookie_value: &str) -> Option<SessionData>;
     /// Deletes one session.
     fn remove(&self, cookie_value: &str);
     /// Deletes every session of a user ('sign out everywhere'). O(sessions): rare.
@@ -60,10 +65,11 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-/// One session: 32 bytes of value beside the 32-byte key.
+/// One session: 40 bytes of value beside the 32-byte key.
 #[derive(Debug)]
 struct Slot {
     username: Arc<str>,
+    password_version: u64,
     /// Milliseconds since the store's epoch.
     created_ms: u64,
     /// Milliseconds since the store's epoch; updated on every authenticated request.
@@ -135,6 +141,36 @@ impl MemorySessionStore {
     }
 }
 
+impl MemorySessionStore {
+    #[inline]
+    fn lookup(&self, cookie_value: &str, refresh: bool) -> Option<SessionData> {
+        let key = decode_key(cookie_value)?;
+        let now = self.now_ms();
+        let found = {
+            let s = self.map.get(&key)?;
+            if self.expired(&s, now) {
+                None
+            } else {
+                // A plain read first: under load most requests of a session fall in the same
+                // millisecond, and a read-modify-write is a locked instruction on every one.
+                if refresh && s.last_ms.load(Ordering::Relaxed) < now {
+                    s.last_ms.fetch_max(now, Ordering::Relaxed);
+                }
+                Some(SessionData {
+                    username: s.username.clone(),
+                    created_unix: self.epoch_unix + s.created_ms / 1000,
+                    password_version: s.password_version,
+                })
+            }
+        };
+        if found.is_none() {
+            // Expired: forget it now rather than at the next sweep (the read guard is dropped).
+            self.map.remove_if(&key, |_, s| self.expired(s, now));
+        }
+        found
+    }
+}
+
 /// Decodes a cookie value into a session key; anything malformed is simply not a session.
 #[inline]
 pub fn decode_key(v: &str) -> Option<SessionKey> {
@@ -155,6 +191,13 @@ pub fn random_key() -> Result<SessionKey, String> {
     Ok(key)
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -163,7 +206,7 @@ pub fn unix_now() -> u64 {
 }
 
 impl SessionStore for MemorySessionStore {
-    fn create(&self, username: Arc<str>) -> Result<String, String> {
+    fn create(&self, username: Arc<str>, password_version: u64) -> Result<String, String> {
         self.make_room();
         let key = random_key()?;
         let now = self.now_ms();
@@ -171,6 +214,7 @@ impl SessionStore for MemorySessionStore {
             key,
             Slot {
                 username,
+                password_version,
                 created_ms: now,
                 last_ms: AtomicU64::new(now),
             },
@@ -180,29 +224,11 @@ impl SessionStore for MemorySessionStore {
 
     #[inline]
     fn get(&self, cookie_value: &str) -> Option<SessionData> {
-        let key = decode_key(cookie_value)?;
-        let now = self.now_ms();
-        let found = {
-            let s = self.map.get(&key)?;
-            if self.expired(&s, now) {
-                None
-            } else {
-                // A plain read first: under load most requests of a session fall in the same
-                // millisecond, and a read-modify-write is a locked instruction on every one.
-                if s.last_ms.load(Ordering::Relaxed) < now {
-                    s.last_ms.fetch_max(now, Ordering::Relaxed);
-                }
-                Some(SessionData {
-                    username: s.username.clone(),
-                    created_unix: self.epoch_unix + s.created_ms / 1000,
-                })
-            }
-        };
-        if found.is_none() {
-            // Expired: forget it now rather than at the next sweep (the read guard is dropped).
-            self.map.remove_if(&key, |_, s| self.expired(s, now));
-        }
-        found
+        self.lookup(cookie_value, true)
+    }
+
+    fn peek(&self, cookie_value: &str) -> Option<SessionData> {
+        self.lookup(cookie_value, false)
     }
 
     fn remove(&self, cookie_value: &str) {
@@ -242,7 +268,7 @@ mod tests {
     #[test]
     fn session_create_then_get_returns_user_and_remove_forgets_it() {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 100);
-        let id = s.create(Arc::from("alice")).unwrap();
+        let id = s.create(Arc::from("alice"), 0).unwrap();
         assert_eq!(id.len(), SESSION_COOKIE_LEN);
         assert_eq!(&*s.get(&id).unwrap().username, "alice");
         s.remove(&id);
@@ -252,9 +278,9 @@ mod tests {
     #[test]
     fn session_ids_are_unique_and_malformed_ids_miss() {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 100);
-        let a = s.create(Arc::from("a")).unwrap();
-        let b = s.create(Arc::from("a")).unwrap();
-        let c = s.create(Arc::from("c")).unwrap();
+        let a = s.create(Arc::from("a"), 0).unwrap();
+        let b = s.create(Arc::from("a"), 0).unwrap();
+        let c = s.create(Arc::from("c"), 0).unwrap();
         assert_ne!(a, b);
         assert!(s.get("short").is_none());
         assert!(s.get(&"!".repeat(43)).is_none());
@@ -264,9 +290,28 @@ mod tests {
     }
 
     #[test]
+    fn session_peek_does_not_refresh_the_idle_timer() {
+        let s = MemorySessionStore::new(Duration::from_millis(200), Duration::from_secs(600), 10);
+        let id = s.create(Arc::from("u"), 7).unwrap();
+        let start = Instant::now();
+        // Peeking for longer than the idle timeout must not keep the session alive.
+        while start.elapsed() < Duration::from_millis(400) {
+            if s.peek(&id).is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(s.peek(&id).is_none(), "peek kept an idle session alive");
+        let id = s.create(Arc::from("u"), 7).unwrap();
+        assert_eq!(s.peek(&id).unwrap().password_version, 7);
+    }
+
+    #[test]
     fn session_store_at_capacity_evicts_instead_of_growing() {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 3);
-        let ids: Vec<String> = (0..10).map(|_| s.create(Arc::from("u")).unwrap()).collect();
+        let ids: Vec<String> = (0..10)
+            .map(|_| s.create(Arc::from("u"), 0).unwrap())
+            .collect();
         assert!(s.len() <= 3, "store grew to {}", s.len());
         assert!(
             s.get(ids.last().unwrap()).is_some(),
@@ -277,7 +322,7 @@ mod tests {
     #[test]
     fn session_set_limits_applies_to_existing_sessions() {
         let s = MemorySessionStore::new(Duration::from_secs(600), Duration::from_secs(600), 10);
-        let id = s.create(Arc::from("u")).unwrap();
+        let id = s.create(Arc::from("u"), 0).unwrap();
         assert!(s.get(&id).is_some());
         s.set_limits(Duration::from_secs(600), Duration::ZERO, 10);
         assert!(
@@ -289,10 +334,10 @@ mod tests {
     #[test]
     fn session_expired_by_idle_or_lifetime_is_gone_and_swept() {
         let s = MemorySessionStore::new(Duration::ZERO, Duration::from_secs(600), 10);
-        let id = s.create(Arc::from("u")).unwrap();
+        let id = s.create(Arc::from("u"), 0).unwrap();
         assert!(s.get(&id).is_none(), "zero idle timeout expires at once");
         let s = MemorySessionStore::new(Duration::from_secs(600), Duration::ZERO, 10);
-        s.create(Arc::from("u")).unwrap();
+        s.create(Arc::from("u"), 0).unwrap();
         assert_eq!(s.sweep(), 1);
         assert!(s.is_empty());
     }

@@ -42,6 +42,19 @@ pub fn validate_header_text(s: &str, allow_comma: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The first 64 bits of SHA-256 over a domain tag and the configured hash string. The hash string
+/// holds a random salt, so the fingerprint (readable in a JWT) tells nothing about the password:
+/// testing a guess against it needs the salt, which never leaves the users file.
+pub fn password_version(password_hash: &str) -> u64 {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"authgate password version\0");
+    ctx.update(password_hash.as_bytes());
+    let d = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_ref()[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// A user with everything the hot path needs prepared.
 #[derive(Debug)]
 pub struct User {
@@ -55,6 +68,10 @@ pub struct User {
     pub groups: Vec<String>,
     /// Password hash.
     pub hash: PasswordHashKind,
+    /// A fingerprint of the configured password hash, stamped into every session and token at
+    /// login: when the hash changes (a password change, on reload or restart), credentials
+    /// issued before no longer match and are refused. See [`password_version`].
+    pub password_version: u64,
     /// Shipped demo account.
     pub demo: bool,
     /// Identity header values, built once.
@@ -110,6 +127,7 @@ impl Users {
                     name: u.name.clone(),
                     groups: u.groups.clone(),
                     hash,
+                    password_version: password_version(&u.password_hash),
                     demo: u.demo,
                     header_values,
                 }),

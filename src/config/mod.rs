@@ -29,6 +29,14 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Upstream must send response headers within this time (nginx's proxy_read_timeout is 60 s).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `server.tunnel_idle_timeout`: WebSocket apps send pings every 20–60 s (browsers and
+/// most libraries keep a connection alive well inside that), so five silent minutes mean a tunnel
+/// nobody uses; it still holds a connection slot and an upstream socket.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Protocols a route tunnels by default: the one whose traffic the gateway knows how to police
+/// (a WebSocket is a message stream to one endpoint; `h2c` would be a new HTTP connection that
+/// bypasses routing and authentication).
+pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
 /// Request head cap; larger heads get 431. 64 KiB fits any sane cookie jar.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Session inactivity limit (Authelia's default inactivity is 5m, oauth2-proxy has none; 30m is a middle).
@@ -37,8 +45,15 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Bound on live sessions so that a login flood cannot exhaust memory.
 pub const DEFAULT_MAX_SESSIONS: u64 = 1_000_000;
-/// Failed logins per minute, per client address and per username, before 429.
+/// Failed logins per minute for one username before 429: protects one account against guessing
+/// (five honest typos a minute is plenty; a guesser gets 7,200 tries a day per account at most).
 pub const DEFAULT_LOGIN_FAILURES_PER_MINUTE: u32 = 5;
+/// Failed logins per minute from one client address, across all usernames, before 429: bounds
+/// one source's total guessing rate when it sprays many usernames. Much higher than the
+/// per-username limit because an office, university or carrier-grade NAT puts many people behind
+/// one address (at 5, five colleagues who each mistyped once locked the whole office out); 50 is
+/// ten people making five mistakes each in the same minute.
+pub const DEFAULT_LOGIN_FAILURES_PER_MINUTE_PER_ADDRESS: u32 = 50;
 /// Upper bound of the default number of concurrent password verifications: each hashing thread
 /// keeps its argon2 working memory (~19 MiB at the recommended cost); more logins queue.
 pub const DEFAULT_LOGIN_CONCURRENCY_MAX: usize = 4;
@@ -144,6 +159,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How the workers share the connections.
     pub runtime: RuntimeFlavor,
+    /// An upgraded tunnel (WebSocket) that carries no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// `server.runtime`: how worker threads share the work.
@@ -211,8 +228,10 @@ pub struct AuthConfig {
     pub max_lifetime: Duration,
     /// Live-session bound.
     pub max_sessions: u64,
-    /// Failed logins per minute per address and per username.
+    /// Failed logins per minute for one username (any address).
     pub login_failures_per_minute: u32,
+    /// Failed logins per minute from one client address (any username).
+    pub login_failures_per_minute_per_address: u32,
     /// Concurrent password verifications.
     pub login_concurrency: usize,
     /// `[auth.jwt]`, validated but with keys not yet loaded.
@@ -399,6 +418,10 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Extra CA for an https upstream.
     pub tls_ca: Option<PathBuf>,
+    /// Protocols a client may upgrade to on this route (lowercase; `h2c` never).
+    pub upgrades: Vec<String>,
+    /// Whether TRACE/TRACK requests are forwarded (else 405).
+    pub allow_trace: bool,
 }
 
 /// Parses a duration such as `30s`, `15m`, `12h`, `500ms`.
@@ -652,6 +675,11 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
             DEFAULT_SHUTDOWN_GRACE,
         ),
         max_header_bytes,
+        tunnel_idle_timeout: c.duration(
+            "server.tunnel_idle_timeout",
+            raw.server.tunnel_idle_timeout.as_deref(),
+            DEFAULT_TUNNEL_IDLE_TIMEOUT,
+        ),
         workers: raw.server.workers.unwrap_or(0),
         runtime: match raw.server.runtime.as_deref() {
             None | Some("thread-per-core") => RuntimeFlavor::ThreadPerCore,
@@ -742,6 +770,16 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     if login_failures_per_minute == 0 {
         c.err("auth.login_failures_per_minute", "must be at least 1");
     }
+    let login_failures_per_minute_per_address = raw
+        .auth
+        .login_failures_per_minute_per_address
+        .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_MINUTE_PER_ADDRESS);
+    if login_failures_per_minute_per_address == 0 {
+        c.err(
+            "auth.login_failures_per_minute_per_address",
+            "must be at least 1",
+        );
+    }
     let login_concurrency = raw
         .auth
         .login_concurrency
@@ -769,6 +807,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         max_lifetime,
         max_sessions: max_sessions.max(1),
         login_failures_per_minute: login_failures_per_minute.max(1),
+        login_failures_per_minute_per_address: login_failures_per_minute_per_address.max(1),
         login_concurrency: login_concurrency.max(1),
         jwt,
     };
@@ -1198,6 +1237,26 @@ fn validate_route(
         }
     }
     let timeout = c.duration(&key("timeout"), r.timeout.as_deref(), DEFAULT_ROUTE_TIMEOUT);
+    let upgrades: Vec<String> = match &r.upgrades {
+        None => DEFAULT_UPGRADES.iter().map(|s| s.to_string()).collect(),
+        Some(list) => list.iter().map(|p| p.to_ascii_lowercase()).collect(),
+    };
+    for (j, p) in upgrades.iter().enumerate() {
+        let token = !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b));
+        if !token {
+            c.err(
+                format!("routes[{i}].upgrades[{j}]"),
+                format!("{p:?} is not a protocol name (e.g. \"websocket\")"),
+            );
+        } else if p == "h2c" || p.starts_with("h2c/") || p == "http" || p.starts_with("http/") {
+            c.err(
+                format!("routes[{i}].upgrades[{j}]"),
+                format!("{p:?} can never be tunnelled: the upstream would then speak HTTP with the client directly, past routing and authentication"),
+            );
+        }
+    }
     let tls_ca = r.tls_ca.as_ref().map(|p| {
         let p = resolve_path(file, p);
         if !p.is_file() {
@@ -1220,5 +1279,7 @@ fn validate_route(
         preserve_host: r.preserve_host.unwrap_or(false),
         timeout,
         tls_ca,
+        upgrades,
+        allow_trace: r.allow_trace.unwrap_or(false),
     })
 }

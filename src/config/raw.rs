@@ -36,6 +36,7 @@ pub struct RawServer {
     pub max_header_bytes: Option<usize>,
     pub workers: Option<usize>,
     pub runtime: Option<String>,
+    pub tunnel_idle_timeout: Option<String>,
 }
 
 /// `[server.tls]`
@@ -67,6 +68,7 @@ pub struct RawAuth {
     pub users_file: Option<String>,
     pub max_sessions: Option<u64>,
     pub login_failures_per_minute: Option<u32>,
+    pub login_failures_per_minute_per_address: Option<u32>,
     pub login_concurrency: Option<usize>,
     pub jwt: Option<RawJwt>,
 }
@@ -144,4 +146,6 @@ pub struct RawRoute {
     pub preserve_host: Option<bool>,
     pub timeout: Option<String>,
     pub tls_ca: Option<String>,
+    pub upgrades: Option<Vec<String>>,
+    pub allow_trace: Option<bool>,
 }

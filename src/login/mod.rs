@@ -201,31 +201,66 @@ fn csrf_token(rt: &Runtime, h: &HeaderMap) -> (String, Option<HeaderValue>) {
     }
 }
 
-/// Refuses cross-site form/JSON posts: Origin (or Referer) must be ours when present, and
-/// `Sec-Fetch-Site: cross-site` is refused outright.
-fn check_origin(rt: &Runtime, h: &HeaderMap) -> Result<(), GatewayError> {
-    let origin = &rt.config.server.public_origin;
+/// What the browser's own headers prove about where a POST came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provenance {
+    /// `Sec-Fetch-Site: same-origin`, or an `Origin` equal to this gateway's origin (or to the
+    /// origin of the host the request was sent to): a page of ours sent it.
+    SameOrigin,
+    /// No `Origin` and no `Sec-Fetch-Site` (old browsers, scripts): nothing proven either way.
+    Unknown,
+}
+
+/// Refuses cross-site posts: `Sec-Fetch-Site` other than `same-origin`/`none`, or an `Origin` (or,
+/// without one, a `Referer`) that is neither the public origin nor the origin of the requested
+/// host. Returns what was proven.
+fn check_origin(rt: &Runtime, h: &HeaderMap) -> Result<Provenance, GatewayError> {
+    let public = rt.config.server.public_origin.as_str();
+    // The origin a page served through the gateway on the requested host has: a route may serve
+    // an app on another host name than `public_url`, and its logout button posts there.
+    let scheme = rt.config.server.public_url.scheme();
+    let host_origin = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|host| (scheme, host));
+    let ours = |o: &str| {
+        o == public
+            || host_origin.is_some_and(|(s, host)| {
+                o.strip_prefix(s)
+                    .and_then(|r| r.strip_prefix("://"))
+                    .is_some_and(|r| r.eq_ignore_ascii_case(host))
+            })
+    };
+    let mut proven = false;
     if let Some(site) = h.get("sec-fetch-site") {
-        if site.as_bytes() == b"cross-site" {
-            return Err(GatewayError::Csrf);
+        match site.as_bytes() {
+            b"same-origin" => proven = true,
+            // `none`: typed or bookmarked by the user, not sent by a page.
+            b"none" => {}
+            // `same-site` is a sibling subdomain: another origin, possibly someone else's.
+            _ => return Err(GatewayError::CrossSite),
         }
     }
     if let Some(o) = h.get(header::ORIGIN) {
-        return if o.as_bytes() == origin.as_bytes() {
-            Ok(())
-        } else {
-            Err(GatewayError::Csrf)
+        return match o.to_str() {
+            Ok(o) if ours(o) => Ok(Provenance::SameOrigin),
+            _ => Err(GatewayError::CrossSite),
         };
     }
     if let Some(r) = h.get(header::REFERER).and_then(|v| v.to_str().ok()) {
-        let same = r
-            .strip_prefix(origin.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        let origin_end = r
+            .find("://")
+            .map(|i| i + 3 + r[i + 3..].find('/').unwrap_or(r.len() - i - 3));
+        let same = origin_end.is_some_and(|end| ours(&r[..end]));
         if !same {
-            return Err(GatewayError::Csrf);
+            return Err(GatewayError::CrossSite);
         }
     }
-    Ok(())
+    Ok(if proven {
+        Provenance::SameOrigin
+    } else {
+        Provenance::Unknown
+    })
 }
 
 fn check_csrf_token(
@@ -233,12 +268,12 @@ fn check_csrf_token(
     h: &HeaderMap,
     submitted: Option<&str>,
 ) -> Result<(), GatewayError> {
-    let cookie = csrf_cookie_value(rt, h).ok_or(GatewayError::Csrf)?;
-    let submitted = submitted.ok_or(GatewayError::Csrf)?;
+    let cookie = csrf_cookie_value(rt, h).ok_or(GatewayError::CsrfToken)?;
+    let submitted = submitted.ok_or(GatewayError::CsrfToken)?;
     if bool::from(cookie.as_bytes().ct_eq(submitted.as_bytes())) {
         Ok(())
     } else {
-        Err(GatewayError::Csrf)
+        Err(GatewayError::CsrfToken)
     }
 }
 
@@ -320,6 +355,16 @@ fn parse_login(kind: &Kind, body: &[u8]) -> Result<LoginForm, GatewayError> {
             serde_json::from_slice(body).map_err(|_| GatewayError::BadRequest("malformed JSON"))
         }
     }
+}
+
+/// The login body parser for property tests and fuzzing: `(username, password, csrf, rd)`.
+#[doc(hidden)]
+pub fn parse_login_body(
+    json: bool,
+    body: &[u8],
+) -> Result<(String, String, Option<String>, Option<String>), GatewayError> {
+    let kind = if json { Kind::Json } else { Kind::Form };
+    parse_login(&kind, body).map(|f| (f.username, f.password, f.csrf, f.rd))
 }
 
 /// The client address for rate limiting: the socket peer, or — when the peer is a trusted proxy —
@@ -446,7 +491,7 @@ async fn login_post(
             let id = shared
                 .live
                 .sessions
-                .create(user.username.clone())
+                .create(user.username.clone(), user.password_version)
                 .map_err(GatewayError::Internal)?;
             cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs())
                 .map_err(GatewayError::Internal)?
@@ -498,19 +543,26 @@ async fn logout_post(
     rt: &Arc<Runtime>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, GatewayError> {
-    check_origin(rt, req.headers())?;
+    let provenance = check_origin(rt, req.headers())?;
     let all = query_param(req.uri().query(), "all").is_some_and(|v| v == "1" || v == "true");
     let kind = body_kind(req.headers());
     let browser = wants_html(req.headers());
     let (parts, body) = read_body(req).await?;
     match kind {
+        // JSON cannot be sent cross-site without a CORS preflight, which is never granted.
         Ok(Kind::Json) => {}
         Ok(Kind::Form) => {
             let f: LogoutForm = serde_urlencoded::from_bytes(&body)
                 .map_err(|_| GatewayError::BadRequest("malformed form"))?;
-            check_csrf_token(rt, &parts.headers, f.csrf.as_deref())?;
+            // A same-origin page's own logout button (`<form method="post"
+            // action="/.auth/logout">`) has no token to send; the browser proved its origin.
+            if provenance != Provenance::SameOrigin {
+                check_csrf_token(rt, &parts.headers, f.csrf.as_deref())?;
+            }
         }
-        Err(_) => return Err(GatewayError::Csrf),
+        // `fetch("/.auth/logout", {method: "POST"})` from one of our pages: no body needed.
+        Err(_) if provenance == Provenance::SameOrigin => {}
+        Err(_) => return Err(GatewayError::CsrfToken),
     }
     let auth = authenticate(rt, &shared.live, &parts.headers);
     if let Some(a) = &auth {
@@ -546,7 +598,7 @@ async fn logout_post(
                     shared
                         .live
                         .revocations
-                        .revoke_user_before(&a.user.username, now);
+                        .revoke_user_before(&a.user.username, crate::auth::session::unix_now_ms());
                 }
             }
         }

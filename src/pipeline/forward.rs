@@ -10,12 +10,12 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::Body;
 use crate::error::GatewayError;
 use crate::pipeline::headers::remove_hop_by_hop;
+use crate::pipeline::tunnel::TunnelScope;
 use crate::pipeline::upstream::{SendError, UpstreamPool};
 use crate::state::Shared;
 
@@ -34,18 +34,18 @@ pub fn forward<'a>(
     conn: &'a crate::pipeline::ConnInfo,
     pool: &'a Arc<UpstreamPool>,
     mut req: Request<Incoming>,
-    upgrade: Option<HeaderValue>,
+    upgrade: Option<(HeaderValue, Box<TunnelScope>)>,
     timeout: Duration,
 ) -> impl Future<Output = Result<Response<Body>, GatewayError>> + Send + 'a {
     let sticky = (req.version() <= Version::HTTP_11).then_some(&conn.upstream);
     *req.version_mut() = Version::HTTP_11;
-    let client_upgrade = match &upgrade {
-        Some(proto) => {
+    let client_upgrade = match upgrade {
+        Some((proto, scope)) => {
             let on = hyper::upgrade::on(&mut req);
             req.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             req.headers_mut().insert(header::UPGRADE, proto.clone());
-            Some(on)
+            Some(Box::new(ClientUpgrade { on, proto, scope }))
         }
         None => None,
     };
@@ -56,10 +56,18 @@ pub fn forward<'a>(
     }
 }
 
+/// The client's side of an upgrade: its connection once upgraded, the protocol it asked for, and
+/// what the tunnel is re-checked on.
+struct ClientUpgrade {
+    on: hyper::upgrade::OnUpgrade,
+    proto: HeaderValue,
+    scope: Box<TunnelScope>,
+}
+
 type ForwardRest<'a> = (
     &'a Arc<Shared>,
     &'a crate::pipeline::ConnInfo,
-    Option<hyper::upgrade::OnUpgrade>,
+    Option<Box<ClientUpgrade>>,
 );
 
 pin_project_lite::pin_project! {
@@ -91,7 +99,7 @@ fn finish_exchange(
     shared: &Arc<Shared>,
     conn: &crate::pipeline::ConnInfo,
     answer: Option<Result<Response<Incoming>, SendError>>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<Box<ClientUpgrade>>,
 ) -> Result<Response<Body>, GatewayError> {
     let mut resp = match answer {
         None => return Err(GatewayError::UpstreamTimeout),
@@ -105,6 +113,21 @@ fn finish_exchange(
                 "upstream switched protocols unasked".into(),
             ));
         };
+        // The upstream may only switch to a protocol the client asked for (and the route allows):
+        // anything else, `h2c` above all, would be a protocol the gateway never vetted.
+        let switched_to = resp.headers().get(header::UPGRADE).map(|p| p.as_bytes());
+        let asked = |p: &[u8]| {
+            client_upgrade
+                .proto
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|a| a.trim_ascii().eq_ignore_ascii_case(p.trim_ascii()))
+        };
+        if !switched_to.is_some_and(asked) {
+            return Err(GatewayError::Upstream(
+                "upstream switched to a protocol the client did not ask for".into(),
+            ));
+        }
         // The tunnel outlives its HTTP connection, so it takes over the connection's slot under
         // `max_connections` (where the connection has none to give, it needs a free one).
         let tunnel_permit = match conn.take_permit() {
@@ -117,19 +140,10 @@ fn finish_exchange(
         };
         let proto = resp.headers().get(header::UPGRADE).cloned();
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        shared.tunnels.spawn(async move {
-            let _permit = tunnel_permit;
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let mut c = TokioIo::new(c);
-                    let mut u = TokioIo::new(u);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        tracing::debug!(error = %e, "tunnel closed with error");
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
+        let ClientUpgrade { on, scope, .. } = *client_upgrade;
+        shared
+            .tunnels
+            .open(*scope, on, upstream_upgrade, Some(tunnel_permit));
         let (mut parts, _) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
         parts

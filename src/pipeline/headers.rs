@@ -3,8 +3,11 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the legacy ones proxies still see).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `HTTP2-Settings` belongs to the `h2c` upgrade, which is never tunnelled (RFC 9113 §3.1 removed
+/// it; a pre-9113 upstream could still switch a forwarded connection to HTTP/2 with it).
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod headers;
 pub mod path;
 pub mod route;
+pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -160,8 +161,9 @@ pub enum Decision<'a> {
     Forward {
         /// Index of the upstream pool in the snapshot.
         pool: usize,
-        /// Client's Upgrade value, if it asked for one.
-        upgrade: Option<HeaderValue>,
+        /// The client's Upgrade value, if it asked for one this route tunnels, and what the
+        /// tunnel will be re-checked on while it is open.
+        upgrade: Option<(HeaderValue, Box<tunnel::TunnelScope>)>,
         /// Upstream response-header deadline.
         timeout: Duration,
         /// Set-Cookie to add (sliding renewal).
@@ -196,6 +198,11 @@ pub fn normalize_phase<B>(req: &Request<B>) -> Result<NormPath, GatewayError> {
                 path::PathError::NotAbsolute => "request path must start with '/'",
                 path::PathError::BadEncoding => "malformed percent-encoding in path",
                 path::PathError::Forbidden => "encoded slash, backslash or NUL in path",
+                path::PathError::EncodedDelimiter => "encoded ';', '?' or '#' in path",
+                path::PathError::DoubleEncoding => {
+                    "double percent-encoding in path ('%25' followed by an escape)"
+                }
+                path::PathError::InvalidUtf8 => "percent-encoded bytes in path are not valid UTF-8",
                 path::PathError::DotParam => "dot segment with parameters in path",
                 path::PathError::ParamSegment => {
                     "path parameters (';') are only allowed in the last segment"
@@ -237,7 +244,108 @@ pub fn host_header_ok(headers: &HeaderMap) -> bool {
     if all.next().is_some() {
         return false;
     }
-    let b = h.as_bytes();
+    host_value_ok(h.as_bytes())
+}
+
+/// Phase 1b: the one rule for which host a request is for. Host (or, for HTTP/2 and absolute-form
+/// targets, the target's authority) must be a plain `host[:port]`; HTTP/1.1 requires a Host
+/// (RFC 9112 §3.2); and when the request target carries an authority (absolute form, RFC 9112
+/// §3.2.2, or HTTP/2's `:authority`) beside a Host header, the two must name the same host — so
+/// routing, rules, `X-Forwarded-Host`, the upstream and the logs all read one host.
+pub fn host_phase<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let headers = req.headers();
+    let mut all = headers.get_all(header::HOST).iter();
+    let host = all.next();
+    if all.next().is_some() {
+        return Err(GatewayError::BadRequest("repeated Host header"));
+    }
+    if let Some(h) = host {
+        if !host_value_ok(h.as_bytes()) {
+            return Err(GatewayError::BadRequest("malformed Host header"));
+        }
+    }
+    match (req.uri().authority(), host) {
+        (Some(a), h) => {
+            if !host_value_ok(a.as_str().as_bytes()) {
+                return Err(GatewayError::BadRequest(
+                    "malformed host in the request target",
+                ));
+            }
+            if h.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())) {
+                return Err(GatewayError::BadRequest(
+                    "the request target and the Host header name different hosts",
+                ));
+            }
+            if h.is_none() && req.version() == http::Version::HTTP_11 {
+                return Err(GatewayError::BadRequest(
+                    "HTTP/1.1 request without Host header",
+                ));
+            }
+        }
+        (None, None) if req.version() == http::Version::HTTP_11 => {
+            return Err(GatewayError::BadRequest(
+                "HTTP/1.1 request without Host header",
+            ));
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+/// Transfer codings a request may name before `chunked` that this gateway does not decode
+/// (answered 501 rather than 400: the framing is valid HTTP, the coding unimplemented).
+const KNOWN_TRANSFER_CODINGS: [&[u8]; 5] =
+    [b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"];
+
+/// Phase 1a: request framing a strict HTTP/1.1 peer accepts, on every route and endpoint, before
+/// anything reaches an upstream. `Transfer-Encoding` must be exactly one `chunked` (one header
+/// line, one coding), and only in HTTP/1.1: anything else is framing two
+/// parsers can read differently (request smuggling) — 400, or 501 for a well-formed list ending
+/// in `chunked` whose other codings the gateway does not implement.
+pub fn framing_phase<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let mut te = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let Some(first) = te.next() else {
+        return Ok(());
+    };
+    if te.next().is_some() {
+        return Err(GatewayError::BadRequest(
+            "repeated Transfer-Encoding header",
+        ));
+    }
+    if req.version() != http::Version::HTTP_11 {
+        return Err(GatewayError::BadRequest(
+            "Transfer-Encoding is only allowed in HTTP/1.1 requests",
+        ));
+    }
+    // With `Content-Length` beside it, hyper has already dropped `Content-Length` and reads the
+    // chunked body alone (RFC 9112 §6.1); the upstream gets that body only.
+    let v = first.as_bytes().trim_ascii();
+    if v.eq_ignore_ascii_case(b"chunked") {
+        return Ok(());
+    }
+    let codings: Vec<&[u8]> = v.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
+    let Some((last, rest)) = codings.split_last() else {
+        return Err(GatewayError::BadRequest("empty Transfer-Encoding"));
+    };
+    let chunked_last = last.eq_ignore_ascii_case(b"chunked");
+    let rest_known = rest.iter().all(|c| {
+        KNOWN_TRANSFER_CODINGS
+            .iter()
+            .any(|k| c.eq_ignore_ascii_case(k))
+    });
+    if chunked_last && !rest.is_empty() && rest_known {
+        return Err(GatewayError::NotImplemented(
+            "transfer codings other than chunked are not implemented",
+        ));
+    }
+    Err(GatewayError::BadRequest(
+        "Transfer-Encoding must be exactly \"chunked\"",
+    ))
+}
+
+/// Whether `b` is a single host name or IP literal with an optional port (no userinfo, path or
+/// anything else).
+pub fn host_value_ok(b: &[u8]) -> bool {
     let (host, port) = if let Some(rest) = b.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&c| c == b']') else {
             return false;
@@ -284,6 +392,13 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
         None => req.uri().authority()?.as_str(),
     };
     Some(route::host_without_port(h))
+}
+
+/// `TRACE`, or IIS's `TRACK`, in any case (methods are case-sensitive, but an upstream may fold
+/// them).
+fn is_trace(m: &Method) -> bool {
+    let m = m.as_str();
+    m.len() == 5 && (m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK"))
 }
 
 /// Phase 4: authenticate and authorise for `route`. `Ok(None)` for public routes.
@@ -421,6 +536,33 @@ pub fn build_upstream_phase<B>(
     }
 }
 
+/// What an upgraded tunnel is re-decided on while it is open (see [`tunnel`]).
+fn tunnel_scope<B>(
+    rt: &Runtime,
+    req: &Request<B>,
+    path: &NormPath,
+    auth: Option<&Authenticated>,
+) -> Box<tunnel::TunnelScope> {
+    use crate::auth::Credential;
+    use tunnel::TunnelCredential;
+    let credential = match auth.map(|a| &a.credential) {
+        None => TunnelCredential::Anonymous,
+        Some(Credential::Jwt(vt)) => TunnelCredential::Jwt(vt.clone()),
+        Some(Credential::Session(_)) => {
+            match headers::find_cookie(req.headers(), &rt.config.auth.cookie_name) {
+                headers::CookieLookup::One(v) => TunnelCredential::Session(v.to_owned()),
+                // Authenticated by exactly one cookie a moment ago; fail closed regardless.
+                _ => TunnelCredential::Anonymous,
+            }
+        }
+    };
+    Box::new(tunnel::TunnelScope {
+        credential,
+        host: request_host(req).map(str::to_owned),
+        path: path.to_string(),
+    })
+}
+
 /// Runs every synchronous phase. Generic over the body so benches can drive it without sockets.
 pub fn decide<'a, B>(
     rt: &'a Runtime,
@@ -429,16 +571,13 @@ pub fn decide<'a, B>(
     conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Decision<'a> {
-    let path = match normalize_phase(req) {
+    let path = match framing_phase(req)
+        .and_then(|()| host_phase(req))
+        .and_then(|()| normalize_phase(req))
+    {
         Ok(p) => p,
         Err(e) => return Decision::Respond(e.into_response(wants_html(req.headers()))),
     };
-    if !host_header_ok(req.headers()) {
-        return Decision::Respond(
-            GatewayError::BadRequest("malformed or repeated Host header")
-                .into_response(wants_html(req.headers())),
-        );
-    }
     let (upgrade, trusted) = strip_phase(rt, req.headers_mut(), conn);
     if path.as_str() == "/.auth" || path.starts_with("/.auth/") {
         return Decision::Endpoint(path);
@@ -453,10 +592,24 @@ pub fn decide<'a, B>(
     let Some(route) = rt.router.find(request_host(req), &ctx.path) else {
         return Decision::Respond(GatewayError::NoRoute.into_response(wants_html(req.headers())));
     };
+    if !route.config.allow_trace && is_trace(req.method()) {
+        // TRACE echoes the request, cookies and identity headers included, into a response a
+        // page script may read (cross-site tracing).
+        return Decision::Respond(
+            GatewayError::MethodNotAllowed.into_response(wants_html(req.headers())),
+        );
+    }
+    let mut ctx = ctx;
+    ctx.upgrade = ctx.upgrade.filter(|u| route.allows_upgrade(u));
     let auth = match auth_phase(rt, live, req, route) {
         Ok(a) => a,
         Err(deny) => return Decision::Respond(deny_response(rt, req, &ctx.path, deny)),
     };
+    // Before the gateway's cookie is removed: a tunnel keeps what it was opened with.
+    let tunnel = ctx
+        .upgrade
+        .is_some()
+        .then(|| tunnel_scope(rt, req, &ctx.path, auth.as_ref()));
     build_upstream_phase(rt, req, route, &ctx, auth.as_ref());
     let renew = auth.and_then(|a| a.renew);
     match route.config.upstream {
@@ -466,7 +619,7 @@ pub fn decide<'a, B>(
         },
         UpstreamTarget::Http { .. } => Decision::Forward {
             pool: route.pool,
-            upgrade: ctx.upgrade,
+            upgrade: ctx.upgrade.zip(tunnel),
             timeout: route.config.timeout,
             renew,
             label: &route.label,

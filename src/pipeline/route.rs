@@ -44,6 +44,31 @@ impl Route {
         }
     }
 
+    /// Whether the client's `Upgrade` value (a comma-separated list of `protocol[/version]`)
+    /// names only protocols this route tunnels. Anything else is forwarded as a plain request
+    /// without its upgrade headers (the upgrade headers are hop-by-hop and already removed).
+    pub fn allows_upgrade(&self, upgrade: &http::HeaderValue) -> bool {
+        let mut any = false;
+        for p in upgrade.as_bytes().split(|&b| b == b',') {
+            let name = p
+                .split(|&b| b == b'/')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            let ok = !name.eq_ignore_ascii_case(b"h2c")
+                && self
+                    .config
+                    .upgrades
+                    .iter()
+                    .any(|u| name.eq_ignore_ascii_case(u.as_bytes()));
+            if !ok {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
     /// The upstream request target (origin form: the upstream's base path, the normalised path
     /// and the query); the connection is chosen by the route's pool, the `Host` header set apart.
     /// `original` is the client's request target: reused as is (no copy, no re-parse) when there
@@ -169,6 +194,8 @@ mod tests {
                 preserve_host: false,
                 timeout: Duration::from_secs(1),
                 tls_ca: None,
+                upgrades: vec!["websocket".into()],
+                allow_trace: false,
             },
             label: Arc::from("x"),
             pool: 0,

@@ -116,6 +116,7 @@ impl Gateway {
         let sh = shared.clone();
         let mut stop_wait = stop_rx.clone();
         let sweeper = tokio::spawn(sweep_live_state(shared.clone()));
+        let tunnel_watch = tokio::spawn(crate::pipeline::tunnel::watch(shared.clone()));
         let task = tokio::spawn(async move {
             stopped(&mut stop_wait).await;
             sweeper.abort();
@@ -135,7 +136,9 @@ impl Gateway {
                     open = sh.tunnels.len(),
                     "grace period over: closing remaining tunnels"
                 );
+                sh.tunnels.close_all();
             }
+            tunnel_watch.abort();
         });
         if let Some(a) = http_addr {
             tracing::info!(addr = %a, "listening (http)");
@@ -200,7 +203,7 @@ pub fn reload(shared: &Shared, config: Config) -> Result<(), crate::config::Conf
     let live = &shared.live;
     live.sessions
         .set_limits(a.idle_timeout, a.max_lifetime, a.max_sessions);
-    live.limiter.set_limit(a.login_failures_per_minute);
+    live.limiter.set_limits(a.into());
     let old = shared.runtime.swap(Arc::new(rt));
     for pool in &old.upstreams {
         pool.retire();
@@ -228,10 +231,10 @@ async fn sweep_live_state(shared: Arc<Shared>) {
             for pool in &rt.upstreams {
                 pool.sweep();
             }
-            let lifetime = rt.config.auth.max_lifetime.as_secs();
+            let lifetime = rt.config.auth.max_lifetime.as_millis() as u64;
             sh.live
                 .revocations
-                .prune_users(crate::auth::session::unix_now().saturating_sub(lifetime));
+                .prune_users(crate::auth::session::unix_now_ms().saturating_sub(lifetime));
             if swept > 0 {
                 tracing::debug!(swept, "expired sessions freed");
             }
