@@ -38,14 +38,17 @@ fn main() {
     let t = Instant::now();
     let mut ids = Vec::with_capacity(16);
     for i in 0..n {
-        let id = store.create(users[(i % 1000) as usize].clone(), 0).unwrap();
+        let id = store.insert(users[(i % 1000) as usize].clone(), 0).unwrap();
         if i % (n / 16).max(1) == 0 {
             ids.push(id);
         }
     }
     let elapsed = t.elapsed();
     let after = rss_bytes();
-    let live = ids.iter().filter(|id| store.get(id).is_some()).count();
+    let live = ids
+        .iter()
+        .filter(|id| matches!(store.get(id), Ok(Some(_))))
+        .count();
     let per = (after.saturating_sub(before)) as f64 / n as f64;
     println!(
         "sessions: {n} (entry_count {}), sample still live: {live}/{}",

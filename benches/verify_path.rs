@@ -2,6 +2,7 @@
 //!
 //! Run: `cargo bench --bench verify_path` (add `-- <filter>` to pick a group).
 
+use futures_util::FutureExt as _;
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -74,7 +75,7 @@ fn bench_sessions(c: &mut Criterion) {
         let user: Arc<str> = Arc::from("alice");
         let mut ids = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let id = store.create(user.clone(), 0).unwrap();
+            let id = store.insert(user.clone(), 0).unwrap();
             let key = authgate::auth::session::decode_key(&id).unwrap();
             moka.insert(key, user.clone());
             naive.lock().unwrap().insert(id.clone(), user.clone());
@@ -86,11 +87,11 @@ fn bench_sessions(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("authgate_hit", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 7919) % ids.len();
-                store.get(black_box(&ids[i])).is_some()
+                matches!(store.get(black_box(&ids[i])), Ok(Some(_)))
             })
         });
         g.bench_with_input(BenchmarkId::new("authgate_miss", n), &n, |b, _| {
-            b.iter(|| store.get(black_box(&miss)).is_some())
+            b.iter(|| matches!(store.get(black_box(&miss)), Ok(Some(_))))
         });
         g.bench_with_input(BenchmarkId::new("baseline_moka_hit", n), &n, |b, _| {
             b.iter(|| {
@@ -153,10 +154,13 @@ fn bench_headers(c: &mut Criterion) {
             Arc::from("alice"),
             rt.users.get("alice").unwrap().password_version,
         )
+        .now_or_never()
+        .expect("the memory store answers at once")
         .unwrap();
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
-    let auth =
-        authgate::auth::authenticate(&rt, &live, &request("/", &cookie).headers().clone()).unwrap();
+    let auth = authgate::auth::authenticate(&rt, &live, &request("/", &cookie).headers().clone())
+        .unwrap()
+        .unwrap();
     let route = rt.router.find(Some("gw.test"), "/x").unwrap();
     let rid = HeaderValue::from_static("0000000000000001");
     let conn = conn();
@@ -233,6 +237,8 @@ fn bench_decision(c: &mut Criterion) {
             Arc::from("alice"),
             rt.users.get("alice").unwrap().password_version,
         )
+        .now_or_never()
+        .expect("the memory store answers at once")
         .unwrap();
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
     let rid = HeaderValue::from_static("0000000000000001");

@@ -57,6 +57,10 @@ pub enum GatewayError {
     /// Upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The live-state store cannot vouch for the credential (or take a write) right now: the
+    /// client keeps its cookie and may retry.
+    #[error("live-state store unavailable")]
+    StoreUnavailable,
     /// The gateway is at its connection limit (a new tunnel would exceed it).
     #[error("connection limit reached")]
     Overloaded,
@@ -82,7 +86,9 @@ impl GatewayError {
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Overloaded | GatewayError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +119,9 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::Overloaded => "the gateway is at its connection limit; try again later",
+            GatewayError::StoreUnavailable => {
+                "the gateway cannot check sign-ins right now; try again in a moment"
+            }
             GatewayError::Internal(_) => "internal error",
         }
     }
@@ -139,8 +148,14 @@ impl GatewayError {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let GatewayError::TooManyRequests { retry_after } = self {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+        match self {
+            GatewayError::TooManyRequests { retry_after } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
+            GatewayError::StoreUnavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         if status == StatusCode::UNAUTHORIZED {
             h.insert(

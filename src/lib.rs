@@ -12,6 +12,7 @@ pub mod login;
 pub mod pipeline;
 pub mod server;
 pub mod state;
+pub mod store;
 
 pub use config::Config;
 pub use server::Gateway;

@@ -62,6 +62,14 @@ impl Runtime {
                 message,
             }])
         };
+        if let crate::config::StoreConfig::Redis(_) = &config.store {
+            // Refused rather than silently kept in memory: an operator who asked for shared
+            // state must not get per-process sessions without a word.
+            return Err(err(
+                "store.backend",
+                "the redis backend is not available in this build yet".into(),
+            ));
+        }
         let users = Users::build(&config.users).map_err(|m| err("users", m))?;
 
         // TLS client configurations: the public roots, plus one per distinct route CA, built

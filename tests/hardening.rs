@@ -792,3 +792,193 @@ async fn logout_from_a_routed_app_host_counts_as_same_origin() {
     assert_eq!(get(&gw, "/app/x", &cookie).await, 401);
     gw.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Review follow-ups: trailing-dot and default-port hosts, HTTP/1.0 upgrades, CONNECT, protocols
+// that are never tunnelled, bearer tunnels, upstream-only tunnel traffic.
+
+#[tokio::test]
+async fn trailing_dot_host_is_routed_as_the_host_it_names() {
+    init();
+    let up = Upstream::start().await;
+    let u = up.url();
+    let toml = format!(
+        "[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"{u}\"\naccess = \"authenticated\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"{u}\"\naccess = \"public\"\npreserve_host = true\n\n{}",
+        user_toml("alice", &[])
+    );
+    let gw = TestGateway::start(&toml).await;
+    for host in ["admin.example.", "ADMIN.example.:80", "admin.example"] {
+        let resp = raw_request(
+            gw.addr,
+            &format!("GET /secret HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), 401, "{host}: {resp}");
+    }
+    let resp = raw_request(
+        gw.addr,
+        "GET http://admin.example./secret HTTP/1.1\r\nHost: admin.example.\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 401, "{resp}");
+    assert_eq!(up.count(), 0, "the protected host was reached");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn absolute_form_and_host_differing_only_by_the_default_port_agree() {
+    init();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&public_route(&up.url())).await;
+    for (target, host, status) in [
+        ("http://app.example/x", "app.example:80", 200),
+        ("http://app.example:80/x", "app.example", 200),
+        ("http://app.example:8080/x", "app.example", 400),
+        ("http://app.example/x", "app.example:81", 400),
+    ] {
+        let resp = raw_request(
+            gw.addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(raw_status(&resp), status, "{target} / {host}: {resp}");
+    }
+    assert_eq!(up.count(), 2);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn http10_upgrade_and_connect_are_not_forwarded() {
+    init();
+    let (addr, mut heads) =
+        raw_upstream("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let gw = TestGateway::start(&public_route(&format!("http://{addr}"))).await;
+    let resp = raw_request(
+        gw.addr,
+        "GET /x HTTP/1.0\r\nHost: gateway.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let head = heads.recv().await.unwrap().to_ascii_lowercase();
+    assert!(
+        !head.contains("upgrade"),
+        "HTTP/1.0 upgrade forwarded: {head}"
+    );
+    let resp = raw_request(
+        gw.addr,
+        "CONNECT /x HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 405, "{resp}");
+    assert!(heads.try_recv().is_err(), "CONNECT reached the upstream");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn config_refuses_http_and_tls_switching_protocols_in_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.toml");
+    for proto in ["h2", "H2C", "http", "tls", "TLS/1.0"] {
+        std::fs::write(
+            &p,
+            format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"builtin:whoami\"\naccess = \"public\"\nupgrades = [\"websocket\", \"{proto}\"]\n"),
+        )
+        .unwrap();
+        let e = authgate::Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("routes[0].upgrades[1]"), "{proto}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn bearer_tunnel_ends_with_its_token_exp() {
+    init();
+    let keys = tempfile::tempdir().unwrap();
+    let up = Upstream::start().await;
+    let jwt = format!(
+        "{}ttl = \"2s\"\nleeway = \"0s\"\naccept_bearer = true\n",
+        jwt_section(keys.path())
+    );
+    let gw = TestGateway::start(&config(&up.url(), &jwt)).await;
+    let pair = login_json(&gw, "alice", PASSWORD).await;
+    let token = pair.split_once('=').unwrap().1.to_string();
+    let mut req = format!("ws://{}/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", "gateway.test".parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let start = Instant::now();
+    // Talking all along: only the token's expiry can end it (2 s, checked every second).
+    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            if ws.send(Message::Text("ping".into())).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+                Ok(Some(Ok(Message::Text(_)))) => {}
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "a bearer tunnel outlived its token by 6 s");
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "closed too early"
+    );
+    gw.shutdown().await;
+}
+
+/// A WebSocket upstream that sends a frame every 200 ms and ignores what it receives.
+async fn pushing_ws_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if ws.send(Message::Text("update".into())).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_only_traffic_does_not_keep_an_idle_session_alive() {
+    init();
+    let up = pushing_ws_upstream().await;
+    let gw = TestGateway::start(&config(
+        &format!("http://{up}"),
+        "[auth]\nidle_timeout = \"2s\"\n",
+    ))
+    .await;
+    let cookie = login_json(&gw, "alice", PASSWORD).await;
+    let mut ws = ws_open(gw.addr, Some(&cookie)).await;
+    // Updates keep arriving; the client never sends anything.
+    let took = ws_ends(&mut ws).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "an unattended tab kept its session alive for {took:?}"
+    );
+    assert_eq!(
+        get(&gw, "/app/x", &cookie).await,
+        401,
+        "session still alive"
+    );
+    gw.shutdown().await;
+}

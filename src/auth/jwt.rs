@@ -132,9 +132,11 @@ pub struct VerifiedToken {
     pub jti: String,
     /// Issued at (Unix seconds).
     pub iat: u64,
-    /// Issued at, in Unix milliseconds (the `iat_ms` claim; without one, the last millisecond of
-    /// `iat`, so that a sign-out-everywhere in the same second still covers it).
-    pub iat_ms: u64,
+    /// The login time in Unix milliseconds (the `auth_time_ms` claim, carried over renewals like
+    /// `auth_time`; without one, the last millisecond of `auth_time`, so that a
+    /// sign-out-everywhere in the same second still covers it). Sign-out-everywhere compares it:
+    /// a renewal of an older login carries the older login's time.
+    pub auth_time_ms: u64,
     /// The user's password version at login (the `pwv` claim): a token whose version differs
     /// from the user's current one was issued before a password change.
     pub password_version: Option<u64>,
@@ -189,9 +191,9 @@ impl PartialEq for RevocationMark {
 
 impl Eq for RevocationMark {}
 
-/// What a new token carries beside its subject: the issue time in milliseconds (so that a
-/// sign-out-everywhere and a login in the same second are told apart) and the user's password
-/// version (so that a password change ends the tokens issued before it).
+/// What a new token carries beside its subject: the time in milliseconds (a new login's
+/// `auth_time_ms`, so that a sign-out-everywhere and a login in the same second are told apart)
+/// and the user's password version (so that a password change ends the tokens issued before it).
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
     /// Now, in Unix milliseconds.
@@ -394,7 +396,7 @@ struct OutClaims<'a> {
     jti: &'a str,
     auth_time: u64,
     sid: &'a str,
-    iat_ms: u64,
+    auth_time_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pwv: Option<&'a str>,
 }
@@ -424,7 +426,7 @@ struct InClaims {
     exp: Option<u64>,
     auth_time: Option<u64>,
     sid: Option<String>,
-    iat_ms: Option<u64>,
+    auth_time_ms: Option<u64>,
     pwv: Option<String>,
     // Type-checked even though unused here, so a token with odd shapes is rejected early.
     #[allow(dead_code)]
@@ -590,7 +592,7 @@ impl JwtKeys {
             email,
             groups,
             prev.auth_time,
-            Some(&prev.sid),
+            Some((&prev.sid, prev.auth_time_ms)),
             stamp,
             max_lifetime,
         )
@@ -631,7 +633,7 @@ impl JwtKeys {
             email,
             groups,
             prev.auth_time,
-            Some(&prev.sid),
+            Some((&prev.sid, prev.auth_time_ms)),
             Stamp::unversioned(now),
             max_lifetime,
         )
@@ -644,10 +646,16 @@ impl JwtKeys {
         email: Option<&str>,
         groups: &[String],
         auth_time: u64,
-        sid: Option<&str>,
+        session: Option<(&str, u64)>,
         stamp: Stamp,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
+        // A renewal keeps its login session's id and login time; a new login starts both.
+        let (sid, auth_time_ms) = match session {
+            Some((sid, ms)) => (Some(sid), ms),
+            None if auth_time == stamp.now_ms / 1000 => (None, stamp.now_ms),
+            None => (None, auth_time.saturating_mul(1000)),
+        };
         let now = stamp.now_ms / 1000;
         let pwv = stamp.password_version.map(pwv_claim);
         if sub.is_empty() {
@@ -685,7 +693,7 @@ impl JwtKeys {
             jti: &jti,
             auth_time,
             sid: &sid,
-            iat_ms: stamp.now_ms,
+            auth_time_ms,
             pwv: pwv.as_deref(),
         };
         let payload = serde_json::to_vec(&claims)
@@ -707,7 +715,7 @@ impl JwtKeys {
                 sub: sub.to_string(),
                 jti,
                 iat: now,
-                iat_ms: stamp.now_ms,
+                auth_time_ms,
                 password_version: stamp.password_version,
                 exp,
                 auth_time,
@@ -800,12 +808,12 @@ impl JwtKeys {
         if now.saturating_sub(auth_time) > max_lifetime.as_secs() {
             return Err(JwtError::TooOld);
         }
-        // Only an `iat_ms` within `iat`'s second is believed; otherwise the token counts as
-        // issued at the end of that second (covered by a sign-out-everywhere in it).
-        let iat_ms = c
-            .iat_ms
-            .filter(|ms| ms / 1000 == iat)
-            .unwrap_or_else(|| iat.saturating_mul(1000).saturating_add(999));
+        // Only an `auth_time_ms` within `auth_time`'s second is believed; otherwise the login
+        // counts as made at the end of that second (covered by a sign-out-everywhere in it).
+        let auth_time_ms = c
+            .auth_time_ms
+            .filter(|ms| ms / 1000 == auth_time)
+            .unwrap_or_else(|| auth_time.saturating_mul(1000).saturating_add(999));
         let password_version = match c.pwv {
             None => None,
             Some(p) => {
@@ -820,7 +828,7 @@ impl JwtKeys {
             sub,
             jti,
             iat,
-            iat_ms,
+            auth_time_ms,
             password_version,
             exp,
             auth_time,
@@ -2515,6 +2523,49 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
     }
 
     #[test]
+    fn unit_renewal_keeps_the_login_time_in_milliseconds() {
+        // Sign-out-everywhere compares the login time: a renewal made after it must still carry
+        // the older login's time, or a renewal racing the sign-out would survive it.
+        let (_d, k) = keys(JwtAlgorithm::HS256);
+        let t = now();
+        let login = k
+            .issue_stamped(
+                "alice",
+                None,
+                &[],
+                t,
+                Stamp {
+                    now_ms: t * 1000 + 123,
+                    password_version: Some(9),
+                },
+                MAXL,
+            )
+            .unwrap();
+        assert_eq!(login.claims.auth_time_ms, t * 1000 + 123);
+        let v = k.verify(&login.token, t, MAXL).unwrap();
+        assert_eq!(
+            (v.auth_time_ms, v.password_version),
+            (t * 1000 + 123, Some(9))
+        );
+        let later = Stamp {
+            now_ms: (t + 1) * 1000 + 900,
+            password_version: Some(9),
+        };
+        let renewed = k.renew_stamped(&v, None, &[], later, MAXL).unwrap();
+        let r = k.verify(&renewed.token, t + 1, MAXL).unwrap();
+        assert_eq!(
+            r.auth_time_ms,
+            t * 1000 + 123,
+            "renewal moved the login time"
+        );
+        assert_eq!(r.sid, v.sid);
+        assert_ne!(r.jti, v.jti);
+        let revs = crate::store::revocation::Revocations::new(10);
+        revs.revoke_user_before("alice", t * 1000 + 500);
+        assert!(revs.is_user_revoked("alice", r.auth_time_ms));
+    }
+
+    #[test]
     fn unit_jti_unique_per_issue() {
         let (_d, k) = keys(JwtAlgorithm::HS256);
         let t = now();
@@ -2661,7 +2712,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 sub: "alice".into(),
                 jti: "j".into(),
                 iat: t,
-                iat_ms: t * 1000,
+                auth_time_ms: t * 1000,
                 password_version: None,
                 exp: t + 600,
                 auth_time: t,

@@ -4,9 +4,10 @@
 pub mod cookies;
 pub mod jwt;
 pub mod password;
-pub mod revocation;
-pub mod session;
 pub mod users;
+
+/// Sessions and revocations are live state: they live in [`crate::store`].
+pub use crate::store::{revocation, session};
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use crate::config::AuthMode;
 use crate::pipeline::headers::{find_cookie, CookieLookup};
 use crate::state::{Live, Runtime};
+use crate::store::StoreUnavailable;
 use session::unix_now;
 use users::User;
 
@@ -60,15 +62,29 @@ fn credential_source<'a>(rt: &Runtime, headers: &'a HeaderMap) -> Option<Source<
     None
 }
 
-/// Authenticates a request from its headers. `None` means anonymous; every failure is anonymous
-/// (fail closed), and the reason is logged at debug level without the credential.
-pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Authenticated> {
-    let src = credential_source(rt, headers)?;
-    match rt.config.auth.mode {
+/// Authenticates a request from its headers. `Ok(None)` means anonymous; every failure is
+/// anonymous (fail closed), and the reason is logged at debug level without the credential.
+/// `Err` means the live-state store cannot vouch for the credential right now (503, not
+/// anonymous: an outage must not look like a logout).
+pub fn authenticate(
+    rt: &Runtime,
+    live: &Live,
+    headers: &HeaderMap,
+) -> Result<Option<Authenticated>, StoreUnavailable> {
+    let Some(src) = credential_source(rt, headers) else {
+        return Ok(None);
+    };
+    Ok(match rt.config.auth.mode {
         AuthMode::Session => {
-            let Source::Cookie(v) = src else { return None };
-            let s = live.sessions.get(v)?;
-            let user = session_user(rt, &s)?.clone();
+            let Source::Cookie(v) = src else {
+                return Ok(None);
+            };
+            let Some(s) = live.sessions.get(v)? else {
+                return Ok(None);
+            };
+            let Some(user) = session_user(rt, &s).cloned() else {
+                return Ok(None);
+            };
             Some(Authenticated {
                 user,
                 credential: Credential::Session(s),
@@ -76,7 +92,9 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
             })
         }
         AuthMode::Jwt => {
-            let keys = rt.jwt.as_ref()?;
+            let Some(keys) = rt.jwt.as_ref() else {
+                return Ok(None);
+            };
             let token = match src {
                 Source::Cookie(v) | Source::Bearer(v) => v,
             };
@@ -86,10 +104,12 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
                 Ok(vt) => vt,
                 Err(e) => {
                     tracing::debug!(reason = %e, "jwt rejected");
-                    return None;
+                    return Ok(None);
                 }
             };
-            let user = jwt_user(rt, live, &vt)?.clone();
+            let Some(user) = jwt_user(rt, live, &vt)?.cloned() else {
+                return Ok(None);
+            };
             let renew = if matches!(src, Source::Cookie(_)) {
                 renew_if_due(rt, &user, &vt, now)
             } else {
@@ -101,7 +121,7 @@ pub fn authenticate(rt: &Runtime, live: &Live, headers: &HeaderMap) -> Option<Au
                 renew,
             })
         }
-    }
+    })
 }
 
 /// The user a (live) session belongs to, if it still may act for them: the user exists in the
@@ -119,11 +139,15 @@ pub fn session_user<'a>(rt: &'a Runtime, s: &session::SessionData) -> Option<&'a
 /// its login session, or every token of the user up to a sign-out-everywhere), the user exists,
 /// and the token carries the user's current password version. Time limits (`exp`,
 /// `max_lifetime`) are the verifier's.
+/// `Err` when the revocation state cannot be vouched for (fail closed, as 503).
 pub fn jwt_user<'a>(
     rt: &'a Runtime,
     live: &Live,
     vt: &jwt::VerifiedToken,
-) -> Option<&'a Arc<User>> {
+) -> Result<Option<&'a Arc<User>>, StoreUnavailable> {
+    if !live.revocations.vouched() {
+        return Err(StoreUnavailable);
+    }
     // The deny-lists are only consulted again for a cached token once something has been revoked
     // since it was last found clean (read the generation first: a revocation racing with the
     // lookups bumps it afterwards, forcing a re-check).
@@ -131,19 +155,21 @@ pub fn jwt_user<'a>(
     if !vt.revocations_checked.is_checked_at(generation) {
         if live.revocations.is_jti_revoked(&vt.jti)
             || live.revocations.is_jti_revoked(&vt.sid)
-            || live.revocations.is_user_revoked(&vt.sub, vt.iat_ms)
+            || live.revocations.is_user_revoked(&vt.sub, vt.auth_time_ms)
         {
             tracing::debug!(user = %vt.sub, "jwt revoked");
-            return None;
+            return Ok(None);
         }
         vt.revocations_checked.set_checked_at(generation);
     }
-    let user = rt.users.get(&vt.sub)?;
+    let Some(user) = rt.users.get(&vt.sub) else {
+        return Ok(None);
+    };
     if vt.password_version != Some(user.password_version) {
         tracing::debug!(user = %vt.sub, "jwt from before a password change");
-        return None;
+        return Ok(None);
     }
-    Some(user)
+    Ok(Some(user))
 }
 
 /// Sliding renewal: a fresh cookie once less than half the ttl is left, never past max_lifetime.
@@ -161,7 +187,7 @@ fn renew_if_due(
     if vt.exp.saturating_sub(now) >= ttl / 2 || vt.exp >= deadline {
         return None;
     }
-    issue_jwt_cookie(rt, user, Some(vt), now).ok()
+    issue_jwt_cookie(rt, user, Some(vt), session::unix_now_ms()).ok()
 }
 
 /// Issues a JWT for `user` — a new login, or the renewal of `prev` (same login session) — and
@@ -170,19 +196,16 @@ pub fn issue_jwt_cookie(
     rt: &Runtime,
     user: &User,
     prev: Option<&jwt::VerifiedToken>,
-    now: u64,
+    now_ms: u64,
 ) -> Result<HeaderValue, String> {
     let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
     let max_lifetime = rt.config.auth.max_lifetime;
     let (email, groups) = (user.email.as_deref(), &user.groups);
-    // Milliseconds from the same clock reading as `now`'s second (never another second).
-    let now_ms = session::unix_now_ms();
+    // Seconds and milliseconds from one clock reading: a new login's `auth_time_ms` must never
+    // fall before the moment it was made (a sign-out-everywhere just before would catch it).
+    let now = now_ms / 1000;
     let stamp = jwt::Stamp {
-        now_ms: if now_ms / 1000 == now {
-            now_ms
-        } else {
-            now.saturating_mul(1000)
-        },
+        now_ms,
         password_version: Some(user.password_version),
     };
     let issued = match prev {

@@ -130,7 +130,51 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `[store]`: where live state lives.
+    pub store: StoreConfig,
 }
+
+/// A secret read from a file or the environment at load: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself (hand it to the library that needs it; never log it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// `[store]`: the live-state backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process's memory (the default): lost on restart, not shared.
+    Memory,
+    /// A Redis server shared by every instance.
+    Redis(RedisConfig),
+}
+
+/// `[store] backend = "redis"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://…` (TLS), without credentials.
+    pub url: url::Url,
+    /// ACL user, if any.
+    pub username: Option<String>,
+    /// Password (from `password_file` or `password_env`).
+    pub password: Option<Secret>,
+    /// Prefix of every key the gateway writes.
+    pub key_prefix: String,
+}
+
+/// Default `store.key_prefix`.
+pub const DEFAULT_KEY_PREFIX: &str = "authgate:";
 
 /// `[server]`
 #[derive(Debug, Clone)]
@@ -899,6 +943,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         }
     }
 
+    let store = validate_store(raw.store.as_ref(), file, &mut c);
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -910,7 +955,152 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         headers,
         users,
         routes,
+        store,
     })
+}
+
+fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_>) -> StoreConfig {
+    let Some(r) = raw else {
+        return StoreConfig::Memory;
+    };
+    match r.backend.as_deref() {
+        None | Some("memory") => {
+            for (k, v) in [
+                ("url", r.url.is_some()),
+                ("username", r.username.is_some()),
+                ("password_file", r.password_file.is_some()),
+                ("password_env", r.password_env.is_some()),
+                ("key_prefix", r.key_prefix.is_some()),
+            ] {
+                if v {
+                    c.err(format!("store.{k}"), "only used with backend = \"redis\"");
+                }
+            }
+            return StoreConfig::Memory;
+        }
+        Some("redis") => {}
+        Some(o) => {
+            c.err(
+                "store.backend",
+                format!("unknown backend {o:?} (expected \"memory\" or \"redis\")"),
+            );
+            return StoreConfig::Memory;
+        }
+    }
+    let url = match r.url.as_deref() {
+        None => {
+            c.err("store.url", "missing: e.g. \"redis://127.0.0.1:6379/0\"");
+            None
+        }
+        Some(u) => match url::Url::parse(u) {
+            Ok(parsed) if !matches!(parsed.scheme(), "redis" | "rediss") => {
+                c.err(
+                    "store.url",
+                    format!("{u:?}: the scheme must be redis:// or rediss://"),
+                );
+                None
+            }
+            Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
+                c.err("store.url", format!("{u:?}: no host"));
+                None
+            }
+            Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+                c.err(
+                    "store.url",
+                    "must not contain credentials: use store.username and store.password_file or store.password_env",
+                );
+                None
+            }
+            Ok(parsed) if parsed.query().is_some() || parsed.fragment().is_some() => {
+                c.err("store.url", "must not have a query or fragment");
+                None
+            }
+            Ok(parsed) => {
+                let db = parsed.path().trim_start_matches('/');
+                if !db.is_empty() && db.parse::<u16>().is_err() {
+                    c.err(
+                        "store.url",
+                        format!("{u:?}: the path must be a database number, e.g. /0"),
+                    );
+                    None
+                } else {
+                    Some(parsed)
+                }
+            }
+            Err(e) => {
+                c.err("store.url", format!("invalid URL {u:?}: {e}"));
+                None
+            }
+        },
+    };
+    let password = match (&r.password_file, &r.password_env) {
+        (Some(_), Some(_)) => {
+            c.err(
+                "store.password_file",
+                "set either password_file or password_env, not both",
+            );
+            None
+        }
+        (Some(f), None) => {
+            let p = resolve_path(file, f);
+            match std::fs::read_to_string(&p) {
+                Ok(s) if !s.trim_end_matches(['\r', '\n']).is_empty() => {
+                    Some(Secret(s.trim_end_matches(['\r', '\n']).to_string()))
+                }
+                Ok(_) => {
+                    c.err("store.password_file", format!("{} is empty", p.display()));
+                    None
+                }
+                Err(e) => {
+                    c.err(
+                        "store.password_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(env)) => match std::env::var(env) {
+            Ok(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                c.err(
+                    "store.password_env",
+                    format!("environment variable {env} is not set or empty"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let key_prefix = r
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
+    if key_prefix.is_empty()
+        || key_prefix.len() > 64
+        || !key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'*' | b'?' | b'[' | b']'))
+    {
+        c.err(
+            "store.key_prefix",
+            format!("{key_prefix:?}: 1 to 64 printable characters without spaces, braces, '*', '?' or brackets"),
+        );
+    }
+    if let Some(u) = &r.username {
+        if u.is_empty() || u.chars().any(|ch| ch.is_control() || ch == ' ') {
+            c.err("store.username", "must be a non-empty name without spaces");
+        }
+    }
+    match url {
+        Some(url) => StoreConfig::Redis(RedisConfig {
+            url,
+            username: r.username.clone(),
+            password,
+            key_prefix,
+        }),
+        None => StoreConfig::Memory,
+    }
 }
 
 fn validate_jwt(j: &RawJwt, file: &Path, c: &mut Collector<'_>) -> Option<JwtConfig> {
@@ -1250,7 +1440,9 @@ fn validate_route(
                 format!("routes[{i}].upgrades[{j}]"),
                 format!("{p:?} is not a protocol name (e.g. \"websocket\")"),
             );
-        } else if p == "h2c" || p.starts_with("h2c/") || p == "http" || p.starts_with("http/") {
+        } else if crate::pipeline::route::never_tunnelled(
+            p.split('/').next().unwrap_or_default().as_bytes(),
+        ) {
             c.err(
                 format!("routes[{i}].upgrades[{j}]"),
                 format!("{p:?} can never be tunnelled: the upstream would then speak HTTP with the client directly, past routing and authentication"),

@@ -19,6 +19,19 @@ pub struct RawConfig {
     pub users: Vec<RawUser>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    pub store: Option<RawStore>,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
+    pub password_env: Option<String>,
+    pub key_prefix: Option<String>,
 }
 
 /// `[server]`

@@ -2,8 +2,10 @@
 //! both authentication modes; only the credential minted at the end differs.
 
 pub mod hashing;
-pub mod limit;
 pub mod page;
+
+/// Login-failure counters are live state: they live in [`crate::store`].
+pub use crate::store::limit;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -75,8 +77,9 @@ pub async fn endpoint(
         "/.auth/me" => {
             get_only(&m)?;
             match authenticate(rt, &shared.live, req.headers()) {
-                Some(a) => Ok(me(rt, &a)),
-                None => Err(GatewayError::Unauthenticated),
+                Ok(Some(a)) => Ok(me(rt, &a)),
+                Ok(None) => Err(GatewayError::Unauthenticated),
+                Err(_) => Err(GatewayError::StoreUnavailable),
             }
         }
         "/.auth/verify" => Ok(verify(shared, rt, &req)),
@@ -417,7 +420,13 @@ async fn login_post(
     if form.username.len() > 64 || form.password.len() > 1024 {
         return Err(GatewayError::BadRequest("username or password too long"));
     }
-    if let Some(wait) = shared.live.limiter.check(ip, &form.username) {
+    let limited = shared
+        .live
+        .limiter
+        .check(ip, &form.username)
+        .await
+        .map_err(store_error)?;
+    if let Some(wait) = limited {
         tracing::warn!(client = %ip, "login rate limit reached");
         return Err(GatewayError::TooManyRequests { retry_after: wait });
     }
@@ -437,7 +446,13 @@ async fn login_post(
     };
     // Check again with a slot in hand: failures recorded while this attempt queued must count, or
     // a burst of concurrent guesses would all pass the check above before any failure is recorded.
-    if let Some(wait) = shared.live.limiter.check(ip, &form.username) {
+    let limited = shared
+        .live
+        .limiter
+        .check(ip, &form.username)
+        .await
+        .map_err(store_error)?;
+    if let Some(wait) = limited {
         tracing::warn!(client = %ip, "login rate limit reached");
         return Err(GatewayError::TooManyRequests { retry_after: wait });
     }
@@ -485,21 +500,22 @@ async fn login_post(
         });
     };
 
-    let now = unix_now();
     let cookie = match rt.config.auth.mode {
         AuthMode::Session => {
             let id = shared
                 .live
                 .sessions
                 .create(user.username.clone(), user.password_version)
-                .map_err(GatewayError::Internal)?;
+                .await
+                .map_err(store_error)?;
             cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs())
                 .map_err(GatewayError::Internal)?
         }
-        AuthMode::Jwt => issue_jwt_cookie(rt, &user, None, now).map_err(|e| {
-            tracing::error!(user = %user.username, error = %e, "cannot issue token");
-            GatewayError::Internal("token issue failed".into())
-        })?,
+        AuthMode::Jwt => issue_jwt_cookie(rt, &user, None, crate::auth::session::unix_now_ms())
+            .map_err(|e| {
+                tracing::error!(user = %user.username, error = %e, "cannot issue token");
+                GatewayError::Internal("token issue failed".into())
+            })?,
     };
     tracing::info!(client = %ip, user = %user.username, "login succeeded");
     let mut r = match kind {
@@ -564,17 +580,24 @@ async fn logout_post(
         Err(_) if provenance == Provenance::SameOrigin => {}
         Err(_) => return Err(GatewayError::CsrfToken),
     }
-    let auth = authenticate(rt, &shared.live, &parts.headers);
+    // Unavailable: the cookie is kept and nothing is claimed done (503), never a silent "logged
+    // out" that another instance would not honour.
+    let auth = authenticate(rt, &shared.live, &parts.headers)
+        .map_err(|_| GatewayError::StoreUnavailable)?;
     if let Some(a) = &auth {
+        let live = &shared.live;
         match &a.credential {
             Credential::Session(_) => {
                 if all {
-                    shared.live.sessions.remove_user(&a.user.username);
+                    live.sessions.remove_user(&a.user.username).await
                 } else if let CookieLookup::One(v) =
                     find_cookie(&parts.headers, &rt.config.auth.cookie_name)
                 {
-                    shared.live.sessions.remove(v);
+                    live.sessions.remove(v).await
+                } else {
+                    Ok(())
                 }
+                .map_err(store_error)?;
             }
             Credential::Jwt(t) => {
                 let now = unix_now();
@@ -584,21 +607,24 @@ async fn logout_post(
                     .jwt
                     .as_ref()
                     .map_or(0, |j| j.leeway.as_secs());
-                shared
-                    .live
-                    .revocations
-                    .revoke_jti(&t.jti, t.exp.saturating_add(leeway), now);
+                live.revocations
+                    .revoke_jti(&t.jti, t.exp.saturating_add(leeway), now)
+                    .await
+                    .map_err(store_error)?;
                 // The login session too: tokens renewed from or into this one die with it.
                 let session_end = t
                     .auth_time
                     .saturating_add(rt.config.auth.max_lifetime.as_secs())
                     .saturating_add(leeway);
-                shared.live.revocations.revoke_jti(&t.sid, session_end, now);
+                live.revocations
+                    .revoke_jti(&t.sid, session_end, now)
+                    .await
+                    .map_err(store_error)?;
                 if all {
-                    shared
-                        .live
-                        .revocations
-                        .revoke_user_before(&a.user.username, crate::auth::session::unix_now_ms());
+                    live.revocations
+                        .revoke_user_before(&a.user.username, crate::auth::session::unix_now_ms())
+                        .await
+                        .map_err(store_error)?;
                 }
             }
         }
@@ -617,6 +643,14 @@ async fn logout_post(
         cookies::clear_session_cookie(&rt.config),
     );
     Ok(r)
+}
+
+/// A failed store write as the client's answer.
+fn store_error(e: crate::store::StoreError) -> GatewayError {
+    match e {
+        crate::store::StoreError::Unavailable => GatewayError::StoreUnavailable,
+        crate::store::StoreError::Internal(m) => GatewayError::Internal(m),
+    }
 }
 
 fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
@@ -641,8 +675,10 @@ fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`: 200 with the
 /// identity headers, 401 when not logged in, 403 when `?allow_groups=`/`?allow_users=` exclude them.
 fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Response<Body> {
-    let Some(a) = authenticate(rt, &shared.live, req.headers()) else {
-        return GatewayError::Unauthenticated.into_response(false);
+    let a = match authenticate(rt, &shared.live, req.headers()) {
+        Ok(Some(a)) => a,
+        Ok(None) => return GatewayError::Unauthenticated.into_response(false),
+        Err(_) => return GatewayError::StoreUnavailable.into_response(false),
     };
     let q = req.uri().query();
     let list = |name| {

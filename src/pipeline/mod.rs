@@ -147,6 +147,8 @@ pub enum Deny {
     Unauthenticated,
     /// Valid credential, not allowed on this route.
     Forbidden,
+    /// The live-state store cannot vouch for the credential right now (503 + Retry-After).
+    Unavailable,
 }
 
 /// Route label stored in response extensions for the access log.
@@ -271,7 +273,12 @@ pub fn host_phase<B>(req: &Request<B>) -> Result<(), GatewayError> {
                     "malformed host in the request target",
                 ));
             }
-            if h.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())) {
+            let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+                443
+            } else {
+                80
+            };
+            if h.is_some_and(|h| !same_host(h.as_bytes(), a.as_str().as_bytes(), default_port)) {
                 return Err(GatewayError::BadRequest(
                     "the request target and the Host header name different hosts",
                 ));
@@ -290,6 +297,41 @@ pub fn host_phase<B>(req: &Request<B>) -> Result<(), GatewayError> {
         (None, _) => {}
     }
     Ok(())
+}
+
+/// Whether two `host[:port]` values name the same host: case-insensitively, one trailing dot
+/// ignored, a missing port read as the scheme's default (RFC 9112 §3.2.2 lets the target's
+/// authority win; it must not win by naming another host).
+fn same_host(a: &[u8], b: &[u8], default_port: u16) -> bool {
+    fn split(v: &[u8], default_port: u16) -> Option<(&str, u16)> {
+        let s = std::str::from_utf8(v).ok()?;
+        let (name, port) = match s.strip_prefix('[') {
+            Some(rest) => {
+                let end = rest.find(']')?;
+                (&rest[..end], &rest[end + 1..])
+            }
+            None => match s.rfind(':') {
+                Some(i) => (&s[..i], &s[i..]),
+                None => (s, ""),
+            },
+        };
+        let port = match port.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if port.is_empty() => default_port,
+            None => return None,
+        };
+        Some((canonical_host(name), port))
+    }
+    match (split(a, default_port), split(b, default_port)) {
+        (Some((ha, pa)), Some((hb, pb))) => pa == pb && ha.eq_ignore_ascii_case(hb),
+        _ => false,
+    }
+}
+
+/// A host name as routing compares it: one trailing dot (an absolute DNS name) removed, since
+/// `admin.example.` is `admin.example` to every resolver and most virtual-host servers.
+pub fn canonical_host(h: &str) -> &str {
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 /// Transfer codings a request may name before `chunked` that this gateway does not decode
@@ -391,7 +433,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
         Some(h) => h,
         None => req.uri().authority()?.as_str(),
     };
-    Some(route::host_without_port(h))
+    Some(canonical_host(route::host_without_port(h)))
 }
 
 /// `TRACE`, or IIS's `TRACK`, in any case (methods are case-sensitive, but an upstream may fold
@@ -411,7 +453,9 @@ pub fn auth_phase<B>(
     if !route.needs_auth() {
         return Ok(None);
     }
-    let a = authenticate(rt, live, req.headers()).ok_or(Deny::Unauthenticated)?;
+    let a = authenticate(rt, live, req.headers())
+        .map_err(|_| Deny::Unavailable)?
+        .ok_or(Deny::Unauthenticated)?;
     if !route.allows(&a.user.username, &a.user.groups) {
         return Err(Deny::Forbidden);
     }
@@ -422,8 +466,10 @@ pub fn auth_phase<B>(
 /// everything else; 403 (page or JSON) when logged in but not allowed.
 pub fn deny_response<B>(rt: &Runtime, req: &Request<B>, path: &str, deny: Deny) -> Response<Body> {
     let html = wants_html(req.headers());
-    if deny == Deny::Forbidden {
-        return GatewayError::Forbidden.into_response(html);
+    match deny {
+        Deny::Forbidden => return GatewayError::Forbidden.into_response(html),
+        Deny::Unavailable => return GatewayError::StoreUnavailable.into_response(html),
+        Deny::Unauthenticated => {}
     }
     let nav = (req.method() == Method::GET || req.method() == Method::HEAD) && html;
     if !nav {
@@ -547,7 +593,18 @@ fn tunnel_scope<B>(
     use tunnel::TunnelCredential;
     let credential = match auth.map(|a| &a.credential) {
         None => TunnelCredential::Anonymous,
-        Some(Credential::Jwt(vt)) => TunnelCredential::Jwt(vt.clone()),
+        Some(Credential::Jwt(vt)) => {
+            let cookie = matches!(
+                headers::find_cookie(req.headers(), &rt.config.auth.cookie_name),
+                headers::CookieLookup::One(_)
+            );
+            // The same precedence as authentication: the cookie, else the bearer token.
+            if cookie {
+                TunnelCredential::Jwt(vt.clone())
+            } else {
+                TunnelCredential::Bearer(vt.clone())
+            }
+        }
         Some(Credential::Session(_)) => {
             match headers::find_cookie(req.headers(), &rt.config.auth.cookie_name) {
                 headers::CookieLookup::One(v) => TunnelCredential::Session(v.to_owned()),
@@ -592,15 +649,17 @@ pub fn decide<'a, B>(
     let Some(route) = rt.router.find(request_host(req), &ctx.path) else {
         return Decision::Respond(GatewayError::NoRoute.into_response(wants_html(req.headers())));
     };
-    if !route.config.allow_trace && is_trace(req.method()) {
-        // TRACE echoes the request, cookies and identity headers included, into a response a
-        // page script may read (cross-site tracing).
+    // TRACE echoes the request, cookies and identity headers included, into a response a page
+    // script may read (cross-site tracing); CONNECT asks an origin server to be a forward proxy.
+    if (!route.config.allow_trace && is_trace(req.method())) || req.method() == Method::CONNECT {
         return Decision::Respond(
             GatewayError::MethodNotAllowed.into_response(wants_html(req.headers())),
         );
     }
     let mut ctx = ctx;
-    ctx.upgrade = ctx.upgrade.filter(|u| route.allows_upgrade(u));
+    // Upgrade means nothing in HTTP/1.0 (RFC 9110 §7.8), and only listed protocols are tunnelled.
+    let http11 = req.version() == http::Version::HTTP_11;
+    ctx.upgrade = ctx.upgrade.filter(|u| http11 && route.allows_upgrade(u));
     let auth = match auth_phase(rt, live, req, route) {
         Ok(a) => a,
         Err(deny) => return Decision::Respond(deny_response(rt, req, &ctx.path, deny)),

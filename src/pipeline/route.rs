@@ -55,7 +55,7 @@ impl Route {
                 .next()
                 .unwrap_or_default()
                 .trim_ascii();
-            let ok = !name.eq_ignore_ascii_case(b"h2c")
+            let ok = !never_tunnelled(name)
                 && self
                     .config
                     .upgrades
@@ -97,6 +97,17 @@ impl Route {
         }
         PathAndQuery::try_from(pq).ok().map(http::Uri::from)
     }
+}
+
+/// Protocols never tunnelled whatever a route lists: after switching to them the upstream would
+/// speak HTTP (or TLS carrying HTTP) with the client directly, past routing, authentication and
+/// the route rules — `h2c` and the other HTTP/2 names, `HTTP/x`, and RFC 2817's `TLS/x`. `name`
+/// is the protocol name without its `/version`.
+pub fn never_tunnelled(name: &[u8]) -> bool {
+    let lower = |n: usize| name.get(..n).map(<[u8]>::to_ascii_lowercase);
+    lower(2).as_deref() == Some(b"h2")
+        || name.eq_ignore_ascii_case(b"http")
+        || name.eq_ignore_ascii_case(b"tls")
 }
 
 /// All routes, ordered for matching.

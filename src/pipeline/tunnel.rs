@@ -38,8 +38,12 @@ pub enum TunnelCredential {
     Anonymous,
     /// A session cookie's value (a bearer secret: never printed, see the `Debug` impl).
     Session(String),
-    /// A verified JWT (cookie or bearer).
+    /// A verified JWT from the cookie (renewed by the browser's requests, so the tunnel is
+    /// bound to its login session rather than to this token's `exp`).
     Jwt(Arc<VerifiedToken>),
+    /// A verified JWT from `Authorization: Bearer` (never renewed: the tunnel ends with its
+    /// `exp`).
+    Bearer(Arc<VerifiedToken>),
 }
 
 impl std::fmt::Debug for TunnelCredential {
@@ -48,6 +52,7 @@ impl std::fmt::Debug for TunnelCredential {
             TunnelCredential::Anonymous => "Anonymous",
             TunnelCredential::Session(_) => "Session([redacted])",
             TunnelCredential::Jwt(_) => "Jwt([redacted])",
+            TunnelCredential::Bearer(_) => "Bearer([redacted])",
         })
     }
 }
@@ -67,11 +72,20 @@ pub struct TunnelScope {
 /// One open tunnel.
 struct Entry {
     scope: TunnelScope,
-    /// Bytes read from either side so far.
-    traffic: Arc<AtomicU64>,
+    /// Bytes read from the client so far.
+    from_client: Arc<AtomicU64>,
+    /// Bytes read from the upstream so far.
+    from_upstream: Arc<AtomicU64>,
     close: CancellationToken,
-    /// The watcher's own: traffic at the last check, and when it last changed.
-    seen: Mutex<(u64, Instant)>,
+    /// The watcher's own: both counters at the last check, and when either last changed.
+    seen: Mutex<Seen>,
+}
+
+/// What the watcher saw of a tunnel at its last check.
+struct Seen {
+    from_client: u64,
+    from_upstream: u64,
+    changed: Instant,
 }
 
 /// Every open tunnel, and the tasks copying their bytes (waited for on shutdown).
@@ -100,9 +114,14 @@ impl Tunnels {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(Entry {
             scope,
-            traffic: Arc::new(AtomicU64::new(0)),
+            from_client: Arc::new(AtomicU64::new(0)),
+            from_upstream: Arc::new(AtomicU64::new(0)),
             close: CancellationToken::new(),
-            seen: Mutex::new((0, Instant::now())),
+            seen: Mutex::new(Seen {
+                from_client: 0,
+                from_upstream: 0,
+                changed: Instant::now(),
+            }),
         });
         if let Ok(mut open) = self.open.lock() {
             open.insert(id, entry.clone());
@@ -114,8 +133,8 @@ impl Tunnels {
             let run = async {
                 match tokio::try_join!(client, upstream) {
                     Ok((c, u)) => {
-                        let mut c = Counted::new(TokioIo::new(c), entry.traffic.clone());
-                        let mut u = Counted::new(TokioIo::new(u), entry.traffic.clone());
+                        let mut c = Counted::new(TokioIo::new(c), entry.from_client.clone());
+                        let mut u = Counted::new(TokioIo::new(u), entry.from_upstream.clone());
                         if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
                             tracing::debug!(error = %e, "tunnel closed with error");
                         }
@@ -174,20 +193,25 @@ impl Tunnels {
             if e.close.is_cancelled() {
                 continue;
             }
-            let traffic = e.traffic.load(Ordering::Relaxed);
-            let (active, idle_for) = match e.seen.lock() {
+            let from_client = e.from_client.load(Ordering::Relaxed);
+            let from_upstream = e.from_upstream.load(Ordering::Relaxed);
+            let (client_active, idle_for) = match e.seen.lock() {
                 Ok(mut seen) => {
-                    let active = seen.0 != traffic;
-                    if active {
-                        *seen = (traffic, now);
+                    let client_active = seen.from_client != from_client;
+                    if client_active || seen.from_upstream != from_upstream {
+                        *seen = Seen {
+                            from_client,
+                            from_upstream,
+                            changed: now,
+                        };
                     }
-                    (active, now.saturating_duration_since(seen.1))
+                    (client_active, now.saturating_duration_since(seen.changed))
                 }
                 Err(_) => (false, Duration::MAX),
             };
             let verdict = if idle_for >= idle_limit {
                 Some("idle")
-            } else if !still_allowed(rt, live, &e.scope, active) {
+            } else if !still_allowed(rt, live, &e.scope, client_active) {
                 Some("credential no longer valid")
             } else {
                 None
@@ -204,8 +228,9 @@ impl Tunnels {
 
 /// Whether the request that opened a tunnel would be let through now: its route (found again in
 /// the current snapshot) is public, or its credential still authenticates a user the route
-/// allows. A tunnel that carried traffic since the last check counts as use of its session (the
-/// idle timer is refreshed); a silent one does not.
+/// allows. A tunnel whose client sent something since the last check counts as use of its
+/// session (the idle timer is refreshed); one that only receives (a dashboard pushing updates to
+/// an unattended tab) does not, so the session's idle limit still ends it.
 fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -> bool {
     let Some(route) = rt.router.find(scope.host.as_deref(), &scope.path) else {
         return false;
@@ -220,16 +245,36 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
             } else {
                 live.sessions.peek(cookie)
             };
-            s.and_then(|s| session_user(rt, &s).cloned())
+            match s {
+                Ok(s) => s.and_then(|s| session_user(rt, &s).cloned()),
+                // An outage of the store is not a logout: the tunnel stays until it can tell.
+                Err(_) => return true,
+            }
         }
-        (TunnelCredential::Jwt(vt), AuthMode::Jwt) => {
-            // The token's own `exp` is not the limit: it is renewed by requests, which a tunnel
-            // does not make. Its login session is: revocations, password, user, max_lifetime.
+        (TunnelCredential::Jwt(vt) | TunnelCredential::Bearer(vt), AuthMode::Jwt) => {
+            // A cookie token's own `exp` is not the limit: the browser's requests renew it, which
+            // a tunnel does not make. Its login session is: revocations, password, user,
+            // max_lifetime. A bearer token is never renewed: its `exp` (with the leeway) ends it.
+            let now = unix_now();
             let max = rt.config.auth.max_lifetime.as_secs();
-            if unix_now().saturating_sub(vt.auth_time) > max {
+            if now.saturating_sub(vt.auth_time) > max {
                 return false;
             }
-            jwt_user(rt, live, vt).cloned()
+            if let TunnelCredential::Bearer(_) = &scope.credential {
+                let leeway = rt
+                    .config
+                    .auth
+                    .jwt
+                    .as_ref()
+                    .map_or(0, |j| j.leeway.as_secs());
+                if now > vt.exp.saturating_add(leeway) {
+                    return false;
+                }
+            }
+            match jwt_user(rt, live, vt) {
+                Ok(u) => u.cloned(),
+                Err(_) => return true,
+            }
         }
         // Anonymous on a route that now needs a login, or a credential of the other mode.
         _ => None,

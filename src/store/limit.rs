@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 
+use crate::store::{BoxFuture, StoreError};
+
 /// The window length.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Bound on tracked keys so that a spray of addresses or names cannot grow memory without limit.
@@ -127,17 +129,19 @@ impl LoginLimiter {
 /// Failed-login counters behind the live-state abstraction, so a shared store can carry them
 /// across gateway instances.
 pub trait LoginLimitStore: Send + Sync + 'static {
-    /// `Some(seconds to wait)` when the address or the username is over its limit.
-    fn check(&self, ip: IpAddr, username: &str) -> Option<u64>;
-    /// Counts one failure.
+    /// `Some(seconds to wait)` when the address or the username is over its limit (a shared
+    /// store asks every instance's counts).
+    fn check(&self, ip: IpAddr, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    /// Counts one failure. Synchronous (it runs on a hashing thread, and must count even when the
+    /// client has gone): a shared store counts locally at once and sends the count on.
     fn record_failure(&self, ip: IpAddr, username: &str);
     /// Applies new limits (config reload); counts so far are kept.
     fn set_limits(&self, limits: LoginLimits);
 }
 
 impl LoginLimitStore for LoginLimiter {
-    fn check(&self, ip: IpAddr, username: &str) -> Option<u64> {
-        LoginLimiter::check(self, ip, username)
+    fn check(&self, ip: IpAddr, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        crate::store::ready(Ok(LoginLimiter::check(self, ip, username)))
     }
     fn record_failure(&self, ip: IpAddr, username: &str) {
         LoginLimiter::record_failure(self, ip, username)

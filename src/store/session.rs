@@ -15,6 +15,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use dashmap::DashMap;
 
+use crate::store::{BoxFuture, StoreError, StoreUnavailable};
+
 /// Raw session id bytes (256 bits from the OS CSPRNG).
 pub type SessionKey = [u8; 32];
 
@@ -39,20 +41,39 @@ pub struct SessionData {
     pub password_version: u64,
 }
 
-/// A session store. Synchronous on purpose: the in-memory lookup is sub-microsecond and a future
-/// per request would cost more than the lookup; a networked store fronts itself with this one.
+/// A session store. Lookups are synchronous on purpose: the in-memory lookup is sub-microsecond
+/// and a future per request would cost more than the lookup; a networked store answers them from
+/// its in-process cache, filled beforehand by [`SessionStore::fetch`] where needed.
 pub trait SessionStore: Send + Sync + 'static {
     /// Creates a session and returns its cookie value.
-    fn create(&self, username: Arc<str>, password_version: u64) -> Result<String, String>;
+    fn create(
+        &self,
+        username: Arc<str>,
+        password_version: u64,
+    ) -> BoxFuture<'_, Result<String, StoreError>>;
     /// Looks a cookie value up, refreshing the idle timer.
-    fn get(&self, cookie_value: &str) -> Option<SessionData>;
+    fn get(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable>;
     /// Looks a cookie value up without refreshing the idle timer (an open tunnel's periodic
     /// re-check: being open is not use).
-    fn peek(&self, cookie_value: &str) -> Option<SessionData>;
+    fn peek(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable>;
+    /// Whether [`SessionStore::get`] for this cookie value needs [`SessionStore::fetch`] first
+    /// (a remote store whose cache does not hold it). Cheap; never blocks.
+    fn needs_fetch(&self, _cookie_value: &str) -> bool {
+        false
+    }
+    /// Loads what `get` needs for this cookie value into the cache (one round trip; concurrent
+    /// fetches of one value share it). A failure shows as `get` answering unavailable.
+    fn fetch<'a>(&'a self, _cookie_value: &'a str) -> BoxFuture<'a, ()> {
+        crate::store::ready(())
+    }
     /// Deletes one session.
-    fn remove(&self, cookie_value: &str);
-    /// Deletes every session of a user ('sign out everywhere'). O(sessions): rare.
-    fn remove_user(&self, username: &str);
+    fn remove(&self, cookie_value: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Deletes every session of a user ('sign out everywhere').
+    fn remove_user(&self, username: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether the store can vouch for its answers now (`/.auth/ready`).
+    fn is_available(&self) -> bool {
+        true
+    }
     /// Drops expired sessions from memory; returns how many.
     fn sweep(&self) -> usize;
     /// Applies new limits (config reload); existing sessions are judged by them from now on.
@@ -206,9 +227,51 @@ pub fn unix_now() -> u64 {
 }
 
 impl SessionStore for MemorySessionStore {
-    fn create(&self, username: Arc<str>, password_version: u64) -> Result<String, String> {
+    fn create(
+        &self,
+        username: Arc<str>,
+        password_version: u64,
+    ) -> BoxFuture<'_, Result<String, StoreError>> {
+        crate::store::ready(self.insert(username, password_version))
+    }
+
+    #[inline]
+    fn get(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable> {
+        Ok(self.lookup(cookie_value, true))
+    }
+
+    fn peek(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable> {
+        Ok(self.lookup(cookie_value, false))
+    }
+
+    fn remove(&self, cookie_value: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        MemorySessionStore::remove(self, cookie_value);
+        crate::store::ready(Ok(()))
+    }
+
+    fn remove_user(&self, username: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        MemorySessionStore::remove_user(self, username);
+        crate::store::ready(Ok(()))
+    }
+
+    fn sweep(&self) -> usize {
+        MemorySessionStore::sweep(self)
+    }
+
+    fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64) {
+        MemorySessionStore::set_limits(self, idle, max_lifetime, max_sessions)
+    }
+
+    fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+}
+
+impl MemorySessionStore {
+    /// Creates a session and returns its cookie value.
+    pub fn insert(&self, username: Arc<str>, password_version: u64) -> Result<String, StoreError> {
         self.make_room();
-        let key = random_key()?;
+        let key = random_key().map_err(StoreError::Internal)?;
         let now = self.now_ms();
         self.map.insert(
             key,
@@ -222,42 +285,33 @@ impl SessionStore for MemorySessionStore {
         Ok(URL_SAFE_NO_PAD.encode(key))
     }
 
-    #[inline]
-    fn get(&self, cookie_value: &str) -> Option<SessionData> {
-        self.lookup(cookie_value, true)
-    }
-
-    fn peek(&self, cookie_value: &str) -> Option<SessionData> {
-        self.lookup(cookie_value, false)
-    }
-
-    fn remove(&self, cookie_value: &str) {
+    /// Deletes one session.
+    pub fn remove(&self, cookie_value: &str) {
         if let Some(key) = decode_key(cookie_value) {
             self.map.remove(&key);
         }
     }
 
-    fn remove_user(&self, username: &str) {
+    /// Deletes every session of a user. O(sessions): rare.
+    pub fn remove_user(&self, username: &str) {
         self.map.retain(|_, s| &*s.username != username);
     }
 
-    fn sweep(&self) -> usize {
+    /// Drops expired sessions from memory; returns how many.
+    pub fn sweep(&self) -> usize {
         let before = self.map.len();
         let now = self.now_ms();
         self.map.retain(|_, s| !self.expired(s, now));
         before.saturating_sub(self.map.len())
     }
 
-    fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64) {
+    /// Applies new limits; existing sessions are judged by them from now on.
+    pub fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64) {
         self.idle_ms.store(millis(idle), Ordering::Relaxed);
         self.lifetime_ms
             .store(millis(max_lifetime), Ordering::Relaxed);
         self.max_sessions
             .store(max_sessions.max(1), Ordering::Relaxed);
-    }
-
-    fn len(&self) -> u64 {
-        self.map.len() as u64
     }
 }
 
@@ -268,53 +322,59 @@ mod tests {
     #[test]
     fn session_create_then_get_returns_user_and_remove_forgets_it() {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 100);
-        let id = s.create(Arc::from("alice"), 0).unwrap();
+        let id = s.insert(Arc::from("alice"), 0).unwrap();
         assert_eq!(id.len(), SESSION_COOKIE_LEN);
-        assert_eq!(&*s.get(&id).unwrap().username, "alice");
+        assert_eq!(&*s.lookup(&id, true).unwrap().username, "alice");
         s.remove(&id);
-        assert!(s.get(&id).is_none());
+        assert!(s.lookup(&id, true).is_none());
     }
 
     #[test]
     fn session_ids_are_unique_and_malformed_ids_miss() {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 100);
-        let a = s.create(Arc::from("a"), 0).unwrap();
-        let b = s.create(Arc::from("a"), 0).unwrap();
-        let c = s.create(Arc::from("c"), 0).unwrap();
+        let a = s.insert(Arc::from("a"), 0).unwrap();
+        let b = s.insert(Arc::from("a"), 0).unwrap();
+        let c = s.insert(Arc::from("c"), 0).unwrap();
         assert_ne!(a, b);
-        assert!(s.get("short").is_none());
-        assert!(s.get(&"!".repeat(43)).is_none());
+        assert!(s.lookup("short", true).is_none());
+        assert!(s.lookup(&"!".repeat(43), true).is_none());
         s.remove_user("a");
-        assert!(s.get(&a).is_none() && s.get(&b).is_none());
-        assert!(s.get(&c).is_some(), "other users keep their sessions");
+        assert!(s.lookup(&a, true).is_none() && s.lookup(&b, true).is_none());
+        assert!(
+            s.lookup(&c, true).is_some(),
+            "other users keep their sessions"
+        );
     }
 
     #[test]
     fn session_peek_does_not_refresh_the_idle_timer() {
         let s = MemorySessionStore::new(Duration::from_millis(200), Duration::from_secs(600), 10);
-        let id = s.create(Arc::from("u"), 7).unwrap();
+        let id = s.insert(Arc::from("u"), 7).unwrap();
         let start = Instant::now();
         // Peeking for longer than the idle timeout must not keep the session alive.
         while start.elapsed() < Duration::from_millis(400) {
-            if s.peek(&id).is_none() {
+            if s.lookup(&id, false).is_none() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(s.peek(&id).is_none(), "peek kept an idle session alive");
-        let id = s.create(Arc::from("u"), 7).unwrap();
-        assert_eq!(s.peek(&id).unwrap().password_version, 7);
+        assert!(
+            s.lookup(&id, false).is_none(),
+            "peek kept an idle session alive"
+        );
+        let id = s.insert(Arc::from("u"), 7).unwrap();
+        assert_eq!(s.lookup(&id, false).unwrap().password_version, 7);
     }
 
     #[test]
     fn session_store_at_capacity_evicts_instead_of_growing() {
         let s = MemorySessionStore::new(Duration::from_secs(60), Duration::from_secs(600), 3);
         let ids: Vec<String> = (0..10)
-            .map(|_| s.create(Arc::from("u"), 0).unwrap())
+            .map(|_| s.insert(Arc::from("u"), 0).unwrap())
             .collect();
         assert!(s.len() <= 3, "store grew to {}", s.len());
         assert!(
-            s.get(ids.last().unwrap()).is_some(),
+            s.lookup(ids.last().unwrap(), true).is_some(),
             "the newest session survives"
         );
     }
@@ -322,11 +382,11 @@ mod tests {
     #[test]
     fn session_set_limits_applies_to_existing_sessions() {
         let s = MemorySessionStore::new(Duration::from_secs(600), Duration::from_secs(600), 10);
-        let id = s.create(Arc::from("u"), 0).unwrap();
-        assert!(s.get(&id).is_some());
+        let id = s.insert(Arc::from("u"), 0).unwrap();
+        assert!(s.lookup(&id, true).is_some());
         s.set_limits(Duration::from_secs(600), Duration::ZERO, 10);
         assert!(
-            s.get(&id).is_none(),
+            s.lookup(&id, true).is_none(),
             "a shorter max_lifetime applies on reload"
         );
     }
@@ -334,10 +394,13 @@ mod tests {
     #[test]
     fn session_expired_by_idle_or_lifetime_is_gone_and_swept() {
         let s = MemorySessionStore::new(Duration::ZERO, Duration::from_secs(600), 10);
-        let id = s.create(Arc::from("u"), 0).unwrap();
-        assert!(s.get(&id).is_none(), "zero idle timeout expires at once");
+        let id = s.insert(Arc::from("u"), 0).unwrap();
+        assert!(
+            s.lookup(&id, true).is_none(),
+            "zero idle timeout expires at once"
+        );
         let s = MemorySessionStore::new(Duration::from_secs(600), Duration::ZERO, 10);
-        s.create(Arc::from("u"), 0).unwrap();
+        s.insert(Arc::from("u"), 0).unwrap();
         assert_eq!(s.sweep(), 1);
         assert!(s.is_empty());
     }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::store::{BoxFuture, StoreError};
+
 /// Longest clock skew the configuration allows (`auth.jwt.leeway` is capped at 5m). A revoked
 /// `jti` is kept until `exp` plus this, so it outlives every leeway a verifier may apply.
 const MAX_LEEWAY_SECS: u64 = 300;
@@ -102,8 +104,8 @@ impl Revocations {
         self.jtis.get(jti).is_some()
     }
 
-    /// 'sign out everywhere': every token of this user issued at or before `at_ms` (Unix
-    /// milliseconds) is rejected. Milliseconds, so that a login right after the sign-out (the
+    /// 'sign out everywhere': every token of this user from a login at or before `at_ms` (Unix
+    /// milliseconds) is rejected, renewals included. Milliseconds, so that a login right after the sign-out (the
     /// same second) is not caught by it.
     pub fn revoke_user_before(&self, username: &str, at_ms: u64) {
         let at = at_ms;
@@ -114,10 +116,10 @@ impl Revocations {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// true if the token (user, issued at `iat_ms`, Unix milliseconds) was issued at or before
-    /// the user's not-before.
-    pub fn is_user_revoked(&self, username: &str, iat_ms: u64) -> bool {
-        self.users.get(username).is_some_and(|t| iat_ms <= *t)
+    /// true if the token (user, logged in at `login_ms`, Unix milliseconds) comes from a login
+    /// at or before the user's not-before.
+    pub fn is_user_revoked(&self, username: &str, login_ms: u64) -> bool {
+        self.users.get(username).is_some_and(|t| login_ms <= *t)
     }
 
     /// Forgets user not-before times at or before `older_than` (Unix milliseconds); call it
@@ -132,30 +134,46 @@ impl Revocations {
 /// that several gateway instances agree on logouts. Lookups stay synchronous: they run on every
 /// JWT request, and a networked store would front itself with an in-memory copy.
 pub trait RevocationStore: Send + Sync + 'static {
-    /// Denies a token id until `exp`.
-    fn revoke_jti(&self, jti: &str, exp: u64, now: u64);
+    /// Denies a token id until `exp`; done once every instance can see it.
+    fn revoke_jti(&self, jti: &str, exp: u64, now: u64) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Whether a token id is denied.
     fn is_jti_revoked(&self, jti: &str) -> bool;
-    /// Denies every token of `username` issued at or before `at_ms` (Unix milliseconds).
-    fn revoke_user_before(&self, username: &str, at_ms: u64);
-    /// Whether a token of `username` issued at `iat_ms` (Unix milliseconds) is denied.
-    fn is_user_revoked(&self, username: &str, iat_ms: u64) -> bool;
+    /// Denies every token of `username` issued at or before `at_ms` (Unix milliseconds); done
+    /// once every instance can see it.
+    fn revoke_user_before(
+        &self,
+        username: &str,
+        at_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Whether a token of `username` from a login at `login_ms` (Unix milliseconds) is denied.
+    fn is_user_revoked(&self, username: &str, login_ms: u64) -> bool;
     /// Forgets per-user times at or before `older_than` (Unix milliseconds).
     fn prune_users(&self, older_than: u64);
     /// A number that changes (after the fact) whenever a revocation is added, here or (for a
     /// shared store) anywhere: a "not revoked" answer stays true while it is unchanged.
     fn generation(&self) -> u64;
+    /// Whether the answers above can be vouched for now (a shared store whose copy may be stale
+    /// says no: revocation checks then fail closed).
+    fn vouched(&self) -> bool {
+        true
+    }
 }
 
 impl RevocationStore for Revocations {
-    fn revoke_jti(&self, jti: &str, exp: u64, now: u64) {
-        Revocations::revoke_jti(self, jti, exp, now)
+    fn revoke_jti(&self, jti: &str, exp: u64, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Revocations::revoke_jti(self, jti, exp, now);
+        crate::store::ready(Ok(()))
     }
     fn is_jti_revoked(&self, jti: &str) -> bool {
         Revocations::is_jti_revoked(self, jti)
     }
-    fn revoke_user_before(&self, username: &str, at: u64) {
-        Revocations::revoke_user_before(self, username, at)
+    fn revoke_user_before(
+        &self,
+        username: &str,
+        at_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Revocations::revoke_user_before(self, username, at_ms);
+        crate::store::ready(Ok(()))
     }
     fn is_user_revoked(&self, username: &str, iat: u64) -> bool {
         Revocations::is_user_revoked(self, username, iat)
