@@ -62,14 +62,6 @@ impl Runtime {
                 message,
             }])
         };
-        if let crate::config::StoreConfig::Redis(_) = &config.store {
-            // Refused rather than silently kept in memory: an operator who asked for shared
-            // state must not get per-process sessions without a word.
-            return Err(err(
-                "store.backend",
-                "the redis backend is not available in this build yet".into(),
-            ));
-        }
         let users = Users::build(&config.users).map_err(|m| err("users", m))?;
 
         // TLS client configurations: the public roots, plus one per distinct route CA, built
@@ -218,27 +210,65 @@ pub struct Live {
     pub hash_pool: Arc<Semaphore>,
     /// Low-priority threads that verify passwords.
     pub hasher: crate::login::hashing::HashPool,
+    /// Whether the stores are remote (a session may need [`SessionStore::fetch`] first).
+    pub remote: bool,
 }
 
 impl Live {
-    /// Live state sized by the configuration it starts with.
+    /// Live state in memory, sized by the configuration it starts with.
     pub fn new(cfg: &Config) -> Live {
         let a = &cfg.auth;
-        Live {
-            sessions: Arc::new(MemorySessionStore::new(
+        Live::with_stores(
+            cfg,
+            Arc::new(MemorySessionStore::new(
                 a.idle_timeout,
                 a.max_lifetime,
                 a.max_sessions,
             )),
-            revocations: Arc::new(Revocations::new(a.max_sessions)),
+            Arc::new(Revocations::new(a.max_sessions)),
+            Arc::new(LoginLimiter::new(a.into())),
+            false,
+        )
+    }
+
+    /// Live state on the configured backend (`[store]`). The Redis backend starts its
+    /// connection tasks on the current runtime and never waits for Redis here.
+    pub fn open(cfg: &Config) -> Result<Live, String> {
+        match &cfg.store {
+            crate::config::StoreConfig::Memory => Ok(Live::new(cfg)),
+            crate::config::StoreConfig::Redis(r) => {
+                let s = crate::store::redis::open(r, &cfg.auth)?;
+                Ok(Live::with_stores(
+                    cfg,
+                    Arc::new(s.sessions),
+                    Arc::new(s.revocations),
+                    Arc::new(s.limits),
+                    true,
+                ))
+            }
+        }
+    }
+
+    fn with_stores(
+        cfg: &Config,
+        sessions: Arc<dyn SessionStore>,
+        revocations: Arc<dyn RevocationStore>,
+        limiter: Arc<dyn LoginLimitStore>,
+        remote: bool,
+    ) -> Live {
+        let a = &cfg.auth;
+        Live {
+            sessions,
+            revocations,
             token_cache: TokenCache::new(
                 a.jwt
                     .as_ref()
                     .map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size),
             ),
-            limiter: Arc::new(LoginLimiter::new(a.into())),
+            limiter,
             hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
             hasher: crate::login::hashing::HashPool::new(a.login_concurrency),
+            remote,
         }
     }
 }
@@ -262,9 +292,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds shared state from a first snapshot.
+    /// Builds shared state from a first snapshot (in memory).
     pub fn new(runtime: Runtime) -> Arc<Shared> {
         let live = Live::new(&runtime.config);
+        Shared::with_live(runtime, live)
+    }
+
+    /// Builds shared state from a first snapshot and its live state.
+    pub fn with_live(runtime: Runtime, live: Live) -> Arc<Shared> {
         let conn_limit = Arc::new(Semaphore::new(runtime.config.server.max_connections));
         let mut p = [0u8; 4];
         let _ = getrandom::fill(&mut p);

@@ -993,11 +993,15 @@ fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_
             None
         }
         Some(u) => match url::Url::parse(u) {
-            Ok(parsed) if !matches!(parsed.scheme(), "redis" | "rediss") => {
+            Ok(parsed) if parsed.scheme() == "rediss" => {
                 c.err(
                     "store.url",
-                    format!("{u:?}: the scheme must be redis:// or rediss://"),
+                    "rediss:// (TLS to Redis) is not supported by this build yet; use redis:// on a private network or a TLS tunnel",
                 );
+                None
+            }
+            Ok(parsed) if parsed.scheme() != "redis" => {
+                c.err("store.url", format!("{u:?}: the scheme must be redis://"));
                 None
             }
             Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {

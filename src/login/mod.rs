@@ -58,7 +58,10 @@ pub async fn endpoint(
     match path {
         "/.auth/health" => get_only(&m).map(|_| text(StatusCode::OK, "ok")),
         "/.auth/ready" => get_only(&m).map(|_| {
-            if shared.ready.load(Ordering::Acquire) {
+            if shared.ready.load(Ordering::Acquire)
+                && shared.live.sessions.is_available()
+                && shared.live.revocations.vouched()
+            {
                 text(StatusCode::OK, "ready")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready")

@@ -695,6 +695,17 @@ pub async fn handle(
     request_id: HeaderValue,
 ) -> Response<Body> {
     let html = wants_html(req.headers());
+    if shared.live.remote && rt.config.auth.mode == crate::config::AuthMode::Session {
+        // A session the remote store's cache does not hold (or cannot vouch for) is read now,
+        // so that the phases below stay synchronous.
+        if let headers::CookieLookup::One(v) =
+            headers::find_cookie(req.headers(), &rt.config.auth.cookie_name)
+        {
+            if shared.live.sessions.needs_fetch(v) {
+                shared.live.sessions.fetch(v).await;
+            }
+        }
+    }
     match decide(&rt, &shared.live, &mut req, conn, &request_id) {
         Decision::Respond(r) => r,
         Decision::Endpoint(path) => {

@@ -53,7 +53,8 @@ impl Gateway {
         let runtime = Runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let cfg = runtime.config.clone();
         let tls_cfg = runtime.tls.clone();
-        let shared = Shared::new(runtime);
+        let live = crate::state::Live::open(&runtime.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shared = Shared::with_live(runtime, live);
 
         let mut listeners = Vec::new();
         let mut http_addr = None;

@@ -1,1 +1,1009 @@
-//! Redis backend (in progress).
+//! The Redis backend: live state shared by every gateway instance and kept across restarts,
+//! answered on the request path from an in-process L1 cache without a Redis round trip.
+//!
+//! ```text
+//!  request ──▶ L1 (sessions, revocation replica) ──hit──▶ answer
+//!                 │ miss / locally idle: one MGET (concurrent misses share it)
+//!                 ▼
+//!  command connection (ConnectionManager, reconnects itself) ──▶ Redis
+//!  tracking connection (RESP3, CLIENT TRACKING ON BCAST PREFIX <p>s: <p>r:)
+//!        ◀── invalidation pushes: drop that session from L1, re-read that revocation
+//!        ◀── PING every 30 ms: L1 is trusted only while the last answer is < 100 ms old
+//! ```
+//!
+//! Keys (everything under `key_prefix`, `<p>` below):
+//! - `<p>s:<sha256(session id) hex>` — `username \n password version \n login ms`, expiring at
+//!   the session's absolute end. The id itself is never stored: a dump yields no cookie.
+//! - `<p>t:<same hash>` — last use (ms), written at most every `idle_timeout / 10`; untracked, so
+//!   these writes invalidate nobody's L1.
+//! - `<p>u:<username>` — the set of a user's session hashes (sign-out-everywhere).
+//! - `<p>r:j:<jti>` — a revoked token or login session id, expiring when it would anyway.
+//! - `<p>r:u:<username>` — sign-out-everywhere time (ms), expiring after `max_lifetime`.
+//! - `<p>l:a:<address>`, `<p>l:u:<username>` — failed-login counters, one-minute windows.
+//!
+//! When L1 cannot be trusted (heartbeat silent for 100 ms, tracking connection down) a session
+//! is read from Redis for that request (and trusted for 100 ms), or, if Redis does not answer
+//! within [`FETCH_TIMEOUT`], the request gets 503: never a logout. Revocation checks fail closed
+//! (503) while the replica cannot be vouched for.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use dashmap::DashMap;
+use futures_util::future::{FutureExt, Shared};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+
+use crate::config::RedisConfig;
+use crate::store::limit::{client_key, LoginLimitStore, LoginLimiter, LoginLimits, WINDOW};
+use crate::store::revocation::{RevocationStore, Revocations};
+use crate::store::session::{
+    decode_key, random_key, unix_now, unix_now_ms, SessionData, SessionKey, SessionStore,
+};
+use crate::store::{BoxFuture, StoreError, StoreUnavailable};
+
+/// L1 is trusted while the invalidation connection answered its heartbeat this recently.
+pub const TRUST_BOUND: Duration = Duration::from_millis(100);
+/// Heartbeat period on the invalidation connection.
+const HEARTBEAT: Duration = Duration::from_millis(30);
+/// The longest a request waits for Redis before it gets 503.
+pub const FETCH_TIMEOUT: Duration = Duration::from_millis(250);
+/// The longest a write (login, logout, revocation) waits for Redis before it gets 503.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A session read from Redis while L1 is not trusted is believed this long.
+const FRESH: Duration = Duration::from_millis(100);
+/// "No such session" is remembered this long (invalidation removes it sooner when one appears).
+const ABSENT_TTL: Duration = Duration::from_secs(5);
+/// Background writes (last-use touches, failure counts) waiting for Redis; more are dropped.
+const WRITE_QUEUE: usize = 4096;
+
+/// The connections and the trust state shared by the three stores.
+pub struct Link {
+    prefix: String,
+    cmd: ArcSwapOption<ConnectionManager>,
+    started: Instant,
+    /// Milliseconds since `started` of the last answered heartbeat.
+    last_beat: AtomicU64,
+    /// The tracking connection is up with tracking on, and L1 was flushed after it came up.
+    tracking: AtomicBool,
+    /// Bumped by every invalidation: a fetch that raced one does not fill L1 with what it read.
+    invalidations: AtomicU64,
+    /// Whether the store was last reported up (for one log line per change).
+    reported_up: AtomicBool,
+    writes: tokio::sync::mpsc::Sender<redis::Pipeline>,
+}
+
+impl Link {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether L1's answers can be vouched for right now.
+    #[inline]
+    pub fn trusted(&self) -> bool {
+        self.tracking.load(Ordering::Acquire)
+            && self
+                .elapsed_ms()
+                .saturating_sub(self.last_beat.load(Ordering::Acquire))
+                <= TRUST_BOUND.as_millis() as u64
+    }
+
+    fn beat(&self) {
+        self.last_beat.store(self.elapsed_ms(), Ordering::Release);
+    }
+
+    fn report(&self, up: bool, why: &str) {
+        if self.reported_up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                tracing::info!("redis store available");
+            } else {
+                tracing::error!(reason = why, "redis store unavailable");
+            }
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+        timeout: Duration,
+    ) -> Result<T, StoreError> {
+        let Some(conn) = self.cmd.load_full() else {
+            return Err(StoreError::Unavailable);
+        };
+        let mut conn = (*conn).clone();
+        match tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis command failed");
+                Err(StoreError::Unavailable)
+            }
+            Err(_) => Err(StoreError::Unavailable),
+        }
+    }
+
+    fn key(&self, kind: &str, rest: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + kind.len() + rest.len());
+        k.push_str(&self.prefix);
+        k.push_str(kind);
+        k.push_str(rest);
+        k
+    }
+
+    /// Queues a write nobody waits for; dropped (and logged at debug) when the queue is full.
+    fn later(&self, pipe: redis::Pipeline) {
+        if self.writes.try_send(pipe).is_err() {
+            tracing::debug!("redis write queue full: write dropped");
+        }
+    }
+}
+
+/// Hex of SHA-256 of a session id: the only form in which a session id reaches Redis.
+fn session_hash(key: &SessionKey) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+    let mut s = String::with_capacity(64);
+    for b in d.as_ref() {
+        s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    s
+}
+
+/// One cached session (or the knowledge that there is none).
+enum Cached {
+    Present {
+        username: Arc<str>,
+        password_version: u64,
+        created_ms: u64,
+        /// Latest use known here (Unix ms): our own requests, or another instance's touch.
+        last_ms: AtomicU64,
+        /// When we last wrote the touch key (Unix ms).
+        written_ms: AtomicU64,
+        fetched: Instant,
+        hash: Arc<str>,
+    },
+    Absent {
+        fetched: Instant,
+    },
+}
+
+/// Sessions on Redis with an L1 in front.
+pub struct RedisSessions {
+    link: Arc<Link>,
+    l1: DashMap<SessionKey, Cached, foldhash::fast::RandomState>,
+    /// Session hash → id, to apply invalidations (which name the hash).
+    by_hash: DashMap<Arc<str>, SessionKey, foldhash::fast::RandomState>,
+    inflight: Mutex<HashMap<SessionKey, Shared<BoxFuture<'static, ()>>>>,
+    idle_ms: AtomicU64,
+    lifetime_ms: AtomicU64,
+    max_sessions: AtomicU64,
+}
+
+impl RedisSessions {
+    fn flush(&self) {
+        self.l1.clear();
+        self.by_hash.clear();
+    }
+
+    fn forget_hash(&self, hash: &str) {
+        if let Some((_, key)) = self.by_hash.remove(hash) {
+            self.l1.remove(&key);
+        }
+    }
+
+    fn insert(&self, key: SessionKey, c: Cached) {
+        if let Cached::Present { hash, .. } = &c {
+            self.by_hash.insert(hash.clone(), key);
+        }
+        if let Some((_, Cached::Present { hash, .. })) = self.l1.remove(&key) {
+            self.by_hash.remove(&hash);
+        }
+        if let Cached::Present { hash, .. } = &c {
+            self.by_hash.insert(hash.clone(), key);
+        }
+        self.l1.insert(key, c);
+    }
+
+    fn idle_expired(&self, last_ms: u64, now_ms: u64) -> bool {
+        now_ms.saturating_sub(last_ms) >= self.idle_ms.load(Ordering::Relaxed)
+    }
+
+    fn lookup(
+        &self,
+        cookie_value: &str,
+        refresh: bool,
+    ) -> Result<Option<SessionData>, StoreUnavailable> {
+        let Some(key) = decode_key(cookie_value) else {
+            return Ok(None);
+        };
+        let trusted = self.link.trusted();
+        let Some(c) = self.l1.get(&key) else {
+            return Err(StoreUnavailable);
+        };
+        let now_ms = unix_now_ms();
+        match &*c {
+            Cached::Absent { fetched } => {
+                if trusted || fetched.elapsed() < FRESH {
+                    Ok(None)
+                } else {
+                    Err(StoreUnavailable)
+                }
+            }
+            Cached::Present {
+                username,
+                password_version,
+                created_ms,
+                last_ms,
+                written_ms,
+                fetched,
+                hash,
+            } => {
+                if !trusted && fetched.elapsed() >= FRESH {
+                    return Err(StoreUnavailable);
+                }
+                let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
+                if now_ms.saturating_sub(*created_ms) >= lifetime
+                    || self.idle_expired(last_ms.load(Ordering::Relaxed), now_ms)
+                {
+                    return Ok(None);
+                }
+                if refresh {
+                    if last_ms.load(Ordering::Relaxed) < now_ms {
+                        last_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    }
+                    let every = (self.idle_ms.load(Ordering::Relaxed) / 10).max(1000);
+                    let written = written_ms.load(Ordering::Relaxed);
+                    if now_ms.saturating_sub(written) >= every
+                        && written_ms
+                            .compare_exchange(written, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        let end = created_ms.saturating_add(lifetime);
+                        let mut p = redis::pipe();
+                        p.cmd("SET")
+                            .arg(self.link.key("t:", hash))
+                            .arg(now_ms)
+                            .arg("PXAT")
+                            .arg(end)
+                            .ignore();
+                        self.link.later(p);
+                    }
+                }
+                Ok(Some(SessionData {
+                    username: username.clone(),
+                    created_unix: created_ms / 1000,
+                    password_version: *password_version,
+                }))
+            }
+        }
+    }
+
+    /// Reads one session (and its last use) from Redis into L1.
+    async fn load(self: Arc<Self>, key: SessionKey) {
+        let hash: Arc<str> = Arc::from(session_hash(&key));
+        for _ in 0..3 {
+            let before = self.link.invalidations.load(Ordering::Acquire);
+            let mut p = redis::pipe();
+            p.cmd("MGET")
+                .arg(self.link.key("s:", &hash))
+                .arg(self.link.key("t:", &hash));
+            let got: Result<(Vec<Option<String>>,), StoreError> =
+                self.link.run(&p, FETCH_TIMEOUT).await;
+            let Ok((vals,)) = got else {
+                return;
+            };
+            let record = vals.first().cloned().flatten();
+            let touch = vals
+                .get(1)
+                .cloned()
+                .flatten()
+                .and_then(|t| t.parse::<u64>().ok());
+            let cached = match record.as_deref().and_then(parse_record) {
+                None => Cached::Absent {
+                    fetched: Instant::now(),
+                },
+                Some((username, password_version, created_ms)) => {
+                    let local = match self.l1.get(&key).as_deref() {
+                        Some(Cached::Present { last_ms, .. }) => last_ms.load(Ordering::Relaxed),
+                        _ => 0,
+                    };
+                    let last = touch.unwrap_or(created_ms).max(local).max(created_ms);
+                    Cached::Present {
+                        username: Arc::from(username),
+                        password_version,
+                        created_ms,
+                        last_ms: AtomicU64::new(last),
+                        written_ms: AtomicU64::new(touch.unwrap_or(created_ms)),
+                        fetched: Instant::now(),
+                        hash: hash.clone(),
+                    }
+                }
+            };
+            // An invalidation while we read: what we read may be older than it. Read again.
+            if self.link.invalidations.load(Ordering::Acquire) != before {
+                continue;
+            }
+            let absent = matches!(cached, Cached::Absent { .. });
+            let full = self.l1.len() as u64 >= self.max_sessions.load(Ordering::Relaxed);
+            if absent && full {
+                return;
+            }
+            self.insert(key, cached);
+            return;
+        }
+    }
+}
+
+/// `username \n password version \n login ms`.
+fn parse_record(v: &str) -> Option<(&str, u64, u64)> {
+    let mut it = v.split('\n');
+    let username = it.next().filter(|u| !u.is_empty())?;
+    let pwv = it.next()?.parse().ok()?;
+    let created = it.next()?.parse().ok()?;
+    it.next().is_none().then_some((username, pwv, created))
+}
+
+impl SessionStore for Arc<RedisSessions> {
+    fn create(
+        &self,
+        username: Arc<str>,
+        password_version: u64,
+    ) -> BoxFuture<'_, Result<String, StoreError>> {
+        Box::pin(async move {
+            let key = random_key().map_err(StoreError::Internal)?;
+            let hash: Arc<str> = Arc::from(session_hash(&key));
+            let now_ms = unix_now_ms();
+            let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
+            let end = now_ms.saturating_add(lifetime);
+            let record = format!("{username}\n{password_version}\n{now_ms}");
+            let index = self.link.key("u:", &username);
+            let mut p = redis::pipe();
+            p.atomic()
+                .cmd("SET")
+                .arg(self.link.key("s:", &hash))
+                .arg(record)
+                .arg("PXAT")
+                .arg(end)
+                .ignore()
+                .cmd("SET")
+                .arg(self.link.key("t:", &hash))
+                .arg(now_ms)
+                .arg("PXAT")
+                .arg(end)
+                .ignore()
+                .cmd("SADD")
+                .arg(&index)
+                .arg(&*hash)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&index)
+                .arg(lifetime)
+                .ignore();
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
+            self.insert(
+                key,
+                Cached::Present {
+                    username,
+                    password_version,
+                    created_ms: now_ms,
+                    last_ms: AtomicU64::new(now_ms),
+                    written_ms: AtomicU64::new(now_ms),
+                    fetched: Instant::now(),
+                    hash,
+                },
+            );
+            Ok(URL_SAFE_NO_PAD.encode(key))
+        })
+    }
+
+    fn get(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable> {
+        self.lookup(cookie_value, true)
+    }
+
+    fn peek(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable> {
+        self.lookup(cookie_value, false)
+    }
+
+    fn needs_fetch(&self, cookie_value: &str) -> bool {
+        let Some(key) = decode_key(cookie_value) else {
+            return false;
+        };
+        let trusted = self.link.trusted();
+        match self.l1.get(&key).as_deref() {
+            None => true,
+            Some(Cached::Absent { fetched }) => {
+                !trusted && fetched.elapsed() >= FRESH || fetched.elapsed() >= ABSENT_TTL
+            }
+            Some(Cached::Present {
+                last_ms, fetched, ..
+            }) => {
+                (!trusted && fetched.elapsed() >= FRESH)
+                    // Idle here, but maybe used on another instance: read its touch.
+                    || self.idle_expired(last_ms.load(Ordering::Relaxed), unix_now_ms())
+            }
+        }
+    }
+
+    fn fetch<'a>(&'a self, cookie_value: &'a str) -> BoxFuture<'a, ()> {
+        let Some(key) = decode_key(cookie_value) else {
+            return crate::store::ready(());
+        };
+        let shared = {
+            let Ok(mut inflight) = self.inflight.lock() else {
+                return crate::store::ready(());
+            };
+            inflight
+                .entry(key)
+                .or_insert_with(|| {
+                    let me = Arc::clone(self);
+                    let fut: BoxFuture<'static, ()> = Box::pin(me.load(key));
+                    fut.shared()
+                })
+                .clone()
+        };
+        Box::pin(async move {
+            shared.await;
+            if let Ok(mut inflight) = self.inflight.lock() {
+                inflight.remove(&key);
+            }
+        })
+    }
+
+    fn remove(&self, cookie_value: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = decode_key(cookie_value);
+        Box::pin(async move {
+            let Some(key) = key else { return Ok(()) };
+            let hash = session_hash(&key);
+            let username = match self.l1.get(&key).as_deref() {
+                Some(Cached::Present { username, .. }) => Some(username.clone()),
+                _ => None,
+            };
+            let mut p = redis::pipe();
+            p.cmd("DEL")
+                .arg(self.link.key("s:", &hash))
+                .arg(self.link.key("t:", &hash))
+                .ignore();
+            if let Some(u) = &username {
+                p.cmd("SREM")
+                    .arg(self.link.key("u:", u))
+                    .arg(&hash)
+                    .ignore();
+            }
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
+            self.forget_hash(&hash);
+            self.l1.remove(&key);
+            Ok(())
+        })
+    }
+
+    fn remove_user(&self, username: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let username = username.to_owned();
+        Box::pin(async move {
+            let index = self.link.key("u:", &username);
+            let mut p = redis::pipe();
+            p.cmd("SMEMBERS").arg(&index);
+            let (hashes,): (Vec<String>,) = self.link.run(&p, WRITE_TIMEOUT).await?;
+            let mut p = redis::pipe();
+            p.atomic();
+            for h in &hashes {
+                p.cmd("DEL")
+                    .arg(self.link.key("s:", h))
+                    .arg(self.link.key("t:", h))
+                    .ignore();
+            }
+            p.cmd("DEL").arg(&index).ignore();
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
+            for h in &hashes {
+                self.forget_hash(h);
+            }
+            self.l1.retain(|_, c| match c {
+                Cached::Present { username: u, .. } => **u != *username,
+                Cached::Absent { .. } => true,
+            });
+            Ok(())
+        })
+    }
+
+    fn is_available(&self) -> bool {
+        self.link.trusted()
+    }
+
+    fn sweep(&self) -> usize {
+        let before = self.l1.len();
+        let now_ms = unix_now_ms();
+        let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
+        let idle = self.idle_ms.load(Ordering::Relaxed);
+        self.l1.retain(|_, c| match c {
+            Cached::Absent { fetched } => fetched.elapsed() < ABSENT_TTL,
+            // Idle here for twice the limit: another instance may still use it, but then our
+            // next request reads it again.
+            Cached::Present {
+                created_ms,
+                last_ms,
+                ..
+            } => {
+                now_ms.saturating_sub(*created_ms) < lifetime
+                    && now_ms.saturating_sub(last_ms.load(Ordering::Relaxed)) < idle * 2
+            }
+        });
+        self.by_hash.retain(|_, k| self.l1.contains_key(k));
+        before.saturating_sub(self.l1.len())
+    }
+
+    fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64) {
+        self.idle_ms
+            .store(idle.as_millis() as u64, Ordering::Relaxed);
+        self.lifetime_ms
+            .store(max_lifetime.as_millis() as u64, Ordering::Relaxed);
+        self.max_sessions
+            .store(max_sessions.max(1), Ordering::Relaxed);
+    }
+
+    fn len(&self) -> u64 {
+        self.l1.len() as u64
+    }
+}
+
+/// Revocations on Redis with a full replica in memory (revocations are few and short-lived).
+pub struct RedisRevocations {
+    link: Arc<Link>,
+    replica: Revocations,
+    loaded: AtomicBool,
+    max_lifetime_ms: AtomicU64,
+}
+
+impl RedisRevocations {
+    /// Reads every revocation under the prefix into the replica.
+    async fn reload(&self) -> Result<(), StoreError> {
+        let Some(conn) = self.link.cmd.load_full() else {
+            return Err(StoreError::Unavailable);
+        };
+        let mut conn = (*conn).clone();
+        let pattern = self.link.key("r:", "*");
+        let mut keys = Vec::new();
+        let scan = async {
+            let mut it = redis::AsyncCommands::scan_match::<_, String>(&mut conn, pattern).await?;
+            while let Some(k) = it.next_item().await {
+                keys.push(k?);
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), scan).await {
+            Ok(Ok(())) => {}
+            _ => return Err(StoreError::Unavailable),
+        }
+        for k in keys {
+            self.apply(&k).await?;
+        }
+        self.loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads one revocation key and applies it to the replica (an absent key revokes nothing).
+    async fn apply(&self, key: &str) -> Result<(), StoreError> {
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let (v, ttl): (Option<String>, i64) = self.link.run(&p, WRITE_TIMEOUT).await?;
+        let Some(v) = v else { return Ok(()) };
+        let rest = &key[self.link.prefix.len()..];
+        let now = unix_now();
+        if let Some(jti) = rest.strip_prefix("r:j:") {
+            let left = u64::try_from(ttl).unwrap_or(0) / 1000;
+            // The replica keeps it for exp + its leeway allowance; the key's TTL already has it.
+            self.replica.revoke_jti(
+                jti,
+                (now + left).saturating_sub(crate::store::revocation::MAX_LEEWAY_SECS),
+                now,
+            );
+        } else if let Some(user) = rest.strip_prefix("r:u:") {
+            if let Ok(at) = v.parse::<u64>() {
+                self.replica.revoke_user_before(user, at);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RevocationStore for Arc<RedisRevocations> {
+    fn revoke_jti(&self, jti: &str, exp: u64, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let jti = jti.to_owned();
+        Box::pin(async move {
+            let until = exp.saturating_add(crate::store::revocation::MAX_LEEWAY_SECS);
+            if jti.is_empty() || until <= now {
+                return Ok(());
+            }
+            let mut p = redis::pipe();
+            p.cmd("SET")
+                .arg(self.link.key("r:j:", &jti))
+                .arg("1")
+                .arg("EX")
+                .arg(until - now)
+                .ignore();
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
+            self.replica.revoke_jti(&jti, exp, now);
+            Ok(())
+        })
+    }
+
+    fn is_jti_revoked(&self, jti: &str) -> bool {
+        self.replica.is_jti_revoked(jti)
+    }
+
+    fn revoke_user_before(
+        &self,
+        username: &str,
+        at_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let username = username.to_owned();
+        Box::pin(async move {
+            let key = self.link.key("r:u:", &username);
+            let ttl = self.max_lifetime_ms.load(Ordering::Relaxed).max(1000);
+            // Never move a not-before back (another instance may have written a later one).
+            let mut p = redis::pipe();
+            p.cmd("EVAL")
+                .arg(RAISE_NOT_BEFORE)
+                .arg(1)
+                .arg(&key)
+                .arg(at_ms)
+                .arg(ttl)
+                .ignore();
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
+            self.replica.revoke_user_before(&username, at_ms);
+            Ok(())
+        })
+    }
+
+    fn is_user_revoked(&self, username: &str, login_ms: u64) -> bool {
+        self.replica.is_user_revoked(username, login_ms)
+    }
+
+    fn prune_users(&self, older_than: u64) {
+        self.replica.prune_users(older_than)
+    }
+
+    fn generation(&self) -> u64 {
+        self.replica.generation()
+    }
+
+    fn vouched(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && self.link.trusted()
+    }
+}
+
+/// Sets KEYS[1] to ARGV[1] (expiring in ARGV[2] ms) unless it already holds a later time.
+const RAISE_NOT_BEFORE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
+     if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
+     return 1";
+
+/// Failed-login counters on Redis (shared by every instance), with the local ones in front.
+pub struct RedisLimits {
+    link: Arc<Link>,
+    local: LoginLimiter,
+    limits: Mutex<LoginLimits>,
+}
+
+impl RedisLimits {
+    fn keys(&self, ip: IpAddr, username: &str) -> (String, String) {
+        (
+            self.link.key("l:a:", &client_key(ip).to_string()),
+            self.link.key("l:u:", &username.to_ascii_lowercase()),
+        )
+    }
+}
+
+impl LoginLimitStore for Arc<RedisLimits> {
+    fn check(&self, ip: IpAddr, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let (a, u) = self.keys(ip, username);
+        let local = self.local.check(ip, username);
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("GET")
+                .arg(&a)
+                .cmd("PTTL")
+                .arg(&a)
+                .cmd("GET")
+                .arg(&u)
+                .cmd("PTTL")
+                .arg(&u);
+            let (ca, ta, cu, tu): (Option<u32>, i64, Option<u32>, i64) =
+                self.link.run(&p, FETCH_TIMEOUT).await?;
+            let limits = self.limits.lock().map(|l| *l).unwrap_or(LoginLimits {
+                per_username: 1,
+                per_address: 1,
+            });
+            let wait = |count: Option<u32>, ttl: i64, limit: u32| {
+                (count.unwrap_or(0) >= limit.max(1))
+                    .then(|| (u64::try_from(ttl).unwrap_or(1000) / 1000).max(1))
+            };
+            Ok([
+                local,
+                wait(ca, ta, limits.per_address),
+                wait(cu, tu, limits.per_username),
+            ]
+            .into_iter()
+            .flatten()
+            .max())
+        })
+    }
+
+    fn record_failure(&self, ip: IpAddr, username: &str) {
+        self.local.record_failure(ip, username);
+        let (a, u) = self.keys(ip, username);
+        let window = WINDOW.as_millis() as u64;
+        let mut p = redis::pipe();
+        for k in [a, u] {
+            p.cmd("INCR").arg(&k).ignore();
+            p.cmd("PEXPIRE").arg(&k).arg(window).arg("NX").ignore();
+        }
+        self.link.later(p);
+    }
+
+    fn set_limits(&self, limits: LoginLimits) {
+        self.local.set_limits(limits);
+        if let Ok(mut l) = self.limits.lock() {
+            *l = limits;
+        }
+    }
+}
+
+/// The three Redis-backed stores, sharing one link.
+pub struct RedisStores {
+    /// Sessions.
+    pub sessions: Arc<RedisSessions>,
+    /// Revocations.
+    pub revocations: Arc<RedisRevocations>,
+    /// Login-failure counters.
+    pub limits: Arc<RedisLimits>,
+}
+
+/// The connection URL with credentials and RESP3 (the password never leaves this function but
+/// inside the client).
+fn client(cfg: &RedisConfig) -> Result<redis::Client, String> {
+    let mut url = cfg.url.clone();
+    if let Some(u) = &cfg.username {
+        url.set_username(u)
+            .map_err(|_| "store.username cannot be used".to_string())?;
+    }
+    if let Some(p) = &cfg.password {
+        if cfg.username.is_none() {
+            url.set_username("default")
+                .map_err(|_| "store.url cannot carry a username".to_string())?;
+        }
+        url.set_password(Some(p.expose()))
+            .map_err(|_| "store.password cannot be used".to_string())?;
+    }
+    url.set_query(Some("protocol=resp3"));
+    redis::Client::open(url.as_str()).map_err(|e| format!("store.url: {e}"))
+}
+
+/// Opens the Redis stores and starts their background tasks (connection, invalidations,
+/// heartbeat, queued writes) on the current runtime. Never fails because Redis is down: the
+/// stores answer "unavailable" until it is reachable.
+pub fn open(cfg: &RedisConfig, auth: &crate::config::AuthConfig) -> Result<RedisStores, String> {
+    let client = client(cfg)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+    let link = Arc::new(Link {
+        prefix: cfg.key_prefix.clone(),
+        cmd: ArcSwapOption::empty(),
+        started: Instant::now(),
+        last_beat: AtomicU64::new(0),
+        tracking: AtomicBool::new(false),
+        invalidations: AtomicU64::new(0),
+        reported_up: AtomicBool::new(true),
+        writes: tx,
+    });
+    let sessions = Arc::new(RedisSessions {
+        link: link.clone(),
+        l1: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+        by_hash: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+        inflight: Mutex::new(HashMap::new()),
+        idle_ms: AtomicU64::new(auth.idle_timeout.as_millis() as u64),
+        lifetime_ms: AtomicU64::new(auth.max_lifetime.as_millis() as u64),
+        max_sessions: AtomicU64::new(auth.max_sessions.max(1)),
+    });
+    let revocations = Arc::new(RedisRevocations {
+        link: link.clone(),
+        replica: Revocations::new(auth.max_sessions),
+        loaded: AtomicBool::new(false),
+        max_lifetime_ms: AtomicU64::new(auth.max_lifetime.as_millis() as u64),
+    });
+    let limits = Arc::new(RedisLimits {
+        link: link.clone(),
+        local: LoginLimiter::new(auth.into()),
+        limits: Mutex::new(auth.into()),
+    });
+    tokio::spawn(writer(link.clone(), rx));
+    tokio::spawn(track(client, sessions.clone(), revocations.clone()));
+    Ok(RedisStores {
+        sessions,
+        revocations,
+        limits,
+    })
+}
+
+/// Sends queued writes (touches, failure counts) in order.
+async fn writer(link: Arc<Link>, mut rx: tokio::sync::mpsc::Receiver<redis::Pipeline>) {
+    while let Some(p) = rx.recv().await {
+        let _ = link.run::<()>(&p, WRITE_TIMEOUT).await;
+    }
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(WRITE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(200))
+}
+
+/// Keeps the command connection and the tracking connection up; applies invalidations; beats.
+async fn track(client: redis::Client, sessions: Arc<RedisSessions>, revs: Arc<RedisRevocations>) {
+    let link = sessions.link.clone();
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        if link.cmd.load().is_none() {
+            match ConnectionManager::new_with_config(client.clone(), manager_config()).await {
+                Ok(c) => link.cmd.store(Some(Arc::new(c))),
+                Err(e) => {
+                    link.report(false, &e.to_string());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PushInfo>();
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(TRUST_BOUND))
+            .set_push_sender(move |p: PushInfo| tx.send(p));
+        let mut trk = match client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                link.report(false, &e.to_string());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let on: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(link.key("s:", ""))
+            .arg("PREFIX")
+            .arg(link.key("r:", ""))
+            .query_async(&mut trk)
+            .await;
+        if let Err(e) = on {
+            link.report(false, &e.to_string());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        // What L1 holds was not vouched for by this connection: start empty, reload the
+        // revocations, and only then trust it.
+        link.invalidations.fetch_add(1, Ordering::AcqRel);
+        sessions.flush();
+        if let Err(e) = revs.reload().await {
+            link.report(false, &e.to_string());
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(50);
+        if !warned {
+            warned = true;
+            warn_about_settings(&link).await;
+        }
+        link.beat();
+        link.tracking.store(true, Ordering::Release);
+        link.report(true, "");
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let why = loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    let ping_cmd = redis::cmd("PING");
+                    let ping = ping_cmd.query_async::<String>(&mut trk);
+                    match tokio::time::timeout(TRUST_BOUND, ping).await {
+                        Ok(Ok(_)) => {
+                            link.beat();
+                            link.report(true, "");
+                        }
+                        Ok(Err(e)) if !e.is_timeout() => break e.to_string(),
+                        // Stopped or slow: L1 stops being trusted by time alone.
+                        _ => link.report(false, "heartbeat not answered"),
+                    }
+                }
+                p = rx.recv() => match p {
+                    None => break "invalidation channel closed".to_string(),
+                    Some(p) => match p.kind {
+                        PushKind::Invalidate => invalidate(&sessions, &revs, &p.data),
+                        PushKind::Disconnection => break "disconnected".to_string(),
+                        _ => {}
+                    },
+                },
+            }
+        };
+        link.tracking.store(false, Ordering::Release);
+        link.report(false, &why);
+        sessions.flush();
+    }
+}
+
+/// Warns (once, at start) about server settings that lose live state: no persistence (a Redis
+/// restart logs everyone out and revives revoked tokens) or an evicting `maxmemory-policy` (an
+/// evicted revocation silently revives its token). `CONFIG` may be refused by an ACL: then it
+/// says so and checks nothing.
+async fn warn_about_settings(link: &Link) {
+    let mut p = redis::pipe();
+    p.cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy");
+    type Pairs = (Vec<String>, Vec<String>, Vec<String>);
+    let got: Result<Pairs, StoreError> = link.run(&p, WRITE_TIMEOUT).await;
+    let Ok((aof, save, policy)) = got else {
+        tracing::info!("redis store: cannot read the server's settings (CONFIG GET refused?); check persistence and maxmemory-policy yourself");
+        return;
+    };
+    let value = |v: &[String]| v.get(1).cloned().unwrap_or_default();
+    if value(&aof) != "yes" && value(&save).trim().is_empty() {
+        tracing::warn!("redis store: the server persists nothing (appendonly no, no save points): a Redis restart ends every session and forgets every revocation");
+    }
+    let policy = value(&policy);
+    if policy != "noeviction" {
+        tracing::warn!(maxmemory_policy = %policy, "redis store: the server may evict keys when full; an evicted revocation revives its token. Use maxmemory-policy noeviction");
+    }
+}
+
+/// Applies one invalidation push: drop sessions, re-read revocations (`[Nil]`: everything).
+fn invalidate(sessions: &Arc<RedisSessions>, revs: &Arc<RedisRevocations>, data: &[Value]) {
+    let link = &sessions.link;
+    link.invalidations.fetch_add(1, Ordering::AcqRel);
+    let keys: Vec<String> = match data.first() {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .collect(),
+        _ => {
+            // FLUSHALL/FLUSHDB: nothing cached is known to exist any more.
+            sessions.flush();
+            return;
+        }
+    };
+    for k in keys {
+        let Some(rest) = k.strip_prefix(link.prefix.as_str()) else {
+            continue;
+        };
+        if let Some(hash) = rest.strip_prefix("s:") {
+            sessions.forget_hash(hash);
+        } else if rest.starts_with("r:") {
+            let revs = revs.clone();
+            tokio::spawn(async move {
+                if revs.apply(&k).await.is_err() {
+                    // Could not read what changed: stop vouching until a reload succeeds.
+                    revs.loaded.store(false, Ordering::Release);
+                    if revs.reload().await.is_ok() {
+                        revs.loaded.store(true, Ordering::Release);
+                    }
+                }
+            });
+        }
+    }
+}

@@ -13,7 +13,7 @@ use crate::store::{BoxFuture, StoreError};
 
 /// Longest clock skew the configuration allows (`auth.jwt.leeway` is capped at 5m). A revoked
 /// `jti` is kept until `exp` plus this, so it outlives every leeway a verifier may apply.
-const MAX_LEEWAY_SECS: u64 = 300;
+pub const MAX_LEEWAY_SECS: u64 = 300;
 
 /// Our jtis are 22 characters; anything far longer is not ours and not worth memory.
 const MAX_JTI_LEN: usize = 128;

@@ -313,6 +313,8 @@ async fn upstream_handler(
 }
 
 /// Minimal SHA-256 hex digest via aws-lc-rs (already a dependency of the crate).
+pub mod redis;
+
 pub mod sha2_lite {
     pub struct Sha256Hex(aws_lc_rs::digest::Context);
     impl Sha256Hex {

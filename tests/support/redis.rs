@@ -1,0 +1,153 @@
+//! A real `redis-server` per test: on a free loopback port, in a temporary directory, stopped by
+//! pid when dropped. Tests that need one fail (never pass silently) when it is not installed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    persistent: bool,
+}
+
+fn free_port() -> u16 {
+    // redis-server cannot pick one itself (`--port 0` disables TCP).
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Without persistence (`--save ""`, no AOF).
+    pub fn start() -> RedisServer {
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), false)
+    }
+
+    /// With an append-only file fsynced on every write, so a `kill -9` loses nothing.
+    pub fn start_persistent() -> RedisServer {
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), true)
+    }
+
+    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool) -> RedisServer {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", dir.path().to_str().unwrap()])
+            .args(["--save", ""])
+            .args(["--logfile", ""])
+            .args(["--protected-mode", "yes"]);
+        if persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let mut child = match cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "cannot start redis-server ({e}): install it with `apt-get install -y redis-server` \
+                 (bash .ci/run does this)"
+            ),
+        };
+        // Its own log line says when it accepts connections.
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!("redis-server on port {port} did not become ready within 20 s");
+        }
+        RedisServer {
+            child: Some(child),
+            port,
+            dir,
+            persistent,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `kill -9`, and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let again = Self::launch(self.port, dir, self.persistent);
+        *self = again;
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// Runs one command with redis-cli-free raw RESP and returns the reply line(s).
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let start = Instant::now();
+        let mut got = Vec::new();
+        while start.elapsed() < Duration::from_secs(5) {
+            let n = s.read(&mut buf).unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 || got.ends_with(b"\r\n") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // SIGCONT first: a stopped server ignores SIGTERM until continued.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A `[store]` section for `r`.
+pub fn store_section(r: &RedisServer) -> String {
+    format!(
+        "[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"test:\"\n",
+        r.url()
+    )
+}
