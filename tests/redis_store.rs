@@ -436,3 +436,230 @@ fn check_config_names_the_key_of_each_store_mistake() {
         assert!(e.contains(key) && e.contains("g.toml"), "{store:?}: {e}");
     }
 }
+
+#[tokio::test]
+async fn three_gateway_processes_share_logins_and_logouts() {
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{}",
+            config(&up, &r, "")
+        ),
+    )
+    .unwrap();
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        let (child, addr, stderr) = spawn_binary(&path);
+        // Drain its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::BufReader::new(stderr), &mut std::io::sink());
+        });
+        procs.push((child, addr));
+    }
+    let url = |i: usize, p: &str| format!("http://{}{p}", procs[i].1);
+    let get = |u: String, cookie: String| async move {
+        client()
+            .get(u)
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..3 {
+        let start = Instant::now();
+        while client()
+            .get(url(i, "/.auth/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+            != 200
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "process {i} not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let login = client()
+        .post(url(0, "/.auth/login"))
+        .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = set_cookie_pair(&login).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            get(url(i, "/app/x"), cookie.clone()).await,
+            200,
+            "process {i}"
+        );
+    }
+    let out = client()
+        .post(url(1, "/.auth/logout"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 200);
+    for i in [0, 2] {
+        let start = Instant::now();
+        while get(url(i, "/app/x"), cookie.clone()).await != 401 {
+            assert!(
+                start.elapsed() < PROPAGATION_BOUND,
+                "process {i} still accepts it"
+            );
+        }
+    }
+    for (child, _) in procs {
+        drop(child); // killed
+    }
+}
+
+#[tokio::test]
+async fn kill_9_of_redis_under_load_gives_only_200_or_503_and_recovers() {
+    init();
+    let mut r = RedisServer::start_persistent();
+    let up = Upstream::start().await;
+    let cfg = config(&up, &r, "");
+    let gw = TestGateway::start(&cfg).await;
+    until_ready(&gw).await;
+    let alice = login_json(&gw, "alice", PASSWORD).await;
+    let url = gw.url("/app/x");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u16, u64>::new(),
+    ));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, cookie, stop, seen) = (url.clone(), alice.clone(), stop.clone(), seen.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let s = c
+                    .get(&url)
+                    .header("cookie", &cookie)
+                    .header("accept", "text/html")
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                assert!(
+                    t.elapsed() < Duration::from_secs(2),
+                    "a request took {:?}",
+                    t.elapsed()
+                );
+                *seen.lock().unwrap().entry(s).or_default() += 1;
+            }
+        }));
+    }
+    let count = |s: u16| seen.lock().unwrap().get(&s).copied().unwrap_or(0);
+    let wait_for = |s: u16, after: u64| {
+        let count = &count;
+        async move {
+            let start = Instant::now();
+            while count(s) <= after {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no {s} within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_for(200, 10).await;
+    r.kill();
+    wait_for(503, 0).await;
+    r.restart();
+    let ok_before = count(200);
+    wait_for(200, ok_before + 10).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.keys().all(|s| *s == 200 || *s == 503),
+        "statuses during the outage: {seen:?}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_password_from_a_file_works_and_a_wrong_one_is_503_not_a_logout() {
+    init();
+    let r = RedisServer::start_with(&["--requirepass", "s3cret-redis"]);
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    let bad = dir.path().join("bad");
+    std::fs::write(&good, "s3cret-redis\n").unwrap();
+    std::fs::write(&bad, "wrong\n").unwrap();
+    let with_pw = |file: &std::path::Path| {
+        config(&up, &r, "").replace(
+            "key_prefix = \"test:\"\n",
+            &format!(
+                "key_prefix = \"test:\"\npassword_file = {:?}\n",
+                file.to_str().unwrap()
+            ),
+        )
+    };
+    let gw = TestGateway::start(&with_pw(&good)).await;
+    until_ready(&gw).await;
+    let alice = login_json(&gw, "alice", PASSWORD).await;
+    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    let wrong = TestGateway::start(&with_pw(&bad)).await;
+    assert_eq!(ready(&wrong).await, 503);
+    assert_eq!(
+        status(&wrong, "/app/x", &alice).await,
+        503,
+        "wrong password must not look like a logout"
+    );
+    gw.shutdown().await;
+    wrong.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_undecodable_session_record_reads_as_absent() {
+    use base64::Engine as _;
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(&up, &r, "");
+    let gw = TestGateway::start(&cfg).await;
+    until_ready(&gw).await;
+    let alice = login_json(&gw, "alice", PASSWORD).await;
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(alice.split_once('=').unwrap().1)
+        .unwrap();
+    let mut h = support::sha2_lite::Sha256Hex::new();
+    h.update(&id);
+    let key = format!("test:s:{}", h.finish());
+    assert!(
+        r.command(&["EXISTS", &key]).contains(":1"),
+        "the record is under the id's SHA-256"
+    );
+    assert!(r
+        .command(&["SET", &key, "not\na\nrecord\nat all"])
+        .contains("OK"));
+    // The overwrite invalidated L1; the garbage now read back is no session (302), not a 5xx.
+    let start = Instant::now();
+    while status(&gw, "/app/x", &alice).await != 302 {
+        assert!(
+            start.elapsed() < PROPAGATION_BOUND,
+            "garbage record still accepted"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -32,7 +32,9 @@ Environment (flags above set the same variables):
   UPSTREAM_CPUS, SERVER_CPUS, LOAD_CPUS   cpu lists used with PIN=1 (defaults from nproc)
   QUICK=0              1: DURATION=3 ROUNDS=1 WARMUP=1 unless set explicitly
   TARGETS              subset of: upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256
-                       authgate-session authgate-hs256 authgate-eddsa
+                       authgate-session authgate-hs256 authgate-eddsa authgate-redis
+                       authgate-redis-nol1 (session mode on Redis with its L1 cache, and the
+                       oauth2-proxy way: one Redis GET per request, a bench-only switch)
   AUTHGATE_WORKERS=1   [server] workers of every authgate instance
   AUTHGATE_RUNTIME=thread-per-core   [server] runtime (or work-stealing)
   JWT_CACHE_SIZE       [auth.jwt] cache_size of the JWT instances (default: authgate's default)
@@ -94,7 +96,7 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 SKIP_INSTALL="${SKIP_INSTALL:-0}"
 KEEP_WORK="${KEEP_WORK:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/target/load}"
-ALL_TARGETS="upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256 authgate-session authgate-hs256 authgate-eddsa"
+ALL_TARGETS="upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256 authgate-session authgate-hs256 authgate-eddsa authgate-redis authgate-redis-nol1"
 TARGETS="${TARGETS:-$ALL_TARGETS}"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -237,6 +239,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$SKIP_INSTALL" != 1 ] || die "missing: ${need[*]} (SKIP_INSTALL=1)"
   [ "$(id -u)" = 0 ] || die "missing: ${need[*]}; install them (apt-get install ${need[*]}) or run as root"
@@ -291,7 +295,7 @@ EOF
 LOGIN_JSON="{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}"
 
 # --------------------------------------------------------------------------- ports and configs
-read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES P_FLOOR <<<"$(python3 "$LIB" ports 9)"
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES P_FLOOR P_REDIS P_AG_RED P_AG_RED0 <<<"$(python3 "$LIB" ports 12)"
 
 nginx_common() { # DIR
   cat <<EOF
@@ -410,10 +414,13 @@ access = "authenticated"
 EOF
 }
 authgate_cfg "$P_AG_SESS" session >"$WORK/authgate-session.toml"
+redis_store() { printf '\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s/0"\nkey_prefix = "bench:"\n' "$P_REDIS"; }
+{ authgate_cfg "$P_AG_RED" session; redis_store; } >"$WORK/authgate-redis.toml"
+{ authgate_cfg "$P_AG_RED0" session; redis_store; } >"$WORK/authgate-redis-nol1.toml"
 authgate_cfg "$P_AG_HS" jwt HS256 "keys/hs.secret" >"$WORK/authgate-hs256.toml"
 authgate_cfg "$P_AG_ED" jwt EdDSA "keys/ed.pem" >"$WORK/authgate-eddsa.toml"
 authgate_cfg "$P_AG_ES" jwt ES256 "keys/es.pem" >"$WORK/authgate-es256-mint.toml"
-for f in authgate-session authgate-hs256 authgate-eddsa authgate-es256-mint; do
+for f in authgate-session authgate-hs256 authgate-eddsa authgate-es256-mint authgate-redis authgate-redis-nol1; do
   "$AG" check-config --config "$WORK/$f.toml" >/dev/null 2>"$WORK/log/$f.check" \
     || { cat "$WORK/log/$f.check" >&2; die "authgate check-config failed for $f"; }
 done
@@ -424,6 +431,9 @@ haproxy -c -q -f "$WORK/haproxy-es256.cfg" || die "haproxy-es256 config invalid"
 
 # --------------------------------------------------------------------------- start servers
 say "starting servers on 127.0.0.1 ports: upstream $P_UP, nginx-proxy $P_NGX, hyper-floor $P_FLOOR, haproxy-hs256 $P_HAP_HS, haproxy-es256 $P_HAP_ES, authgate-session $P_AG_SESS, authgate-hs256 $P_AG_HS, authgate-eddsa $P_AG_ED"
+mkdir -p "$WORK/redis"
+start redis PIN_UP -- redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis" --logfile ""
+wait_ready redis "$P_REDIS"
 start upstream PIN_UP -- nginx -e "$WORK/nginx-up/error.log" -p "$WORK/nginx-up" -c "$WORK/nginx-up/nginx.conf"
 start nginx-proxy PIN_SRV -- nginx -e "$WORK/nginx-proxy/error.log" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf"
 start hyper-floor PIN_SRV -- "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP"
@@ -433,6 +443,8 @@ start authgate-session PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-s
 start authgate-hs256 PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-hs256.toml"
 start authgate-eddsa PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-eddsa.toml"
 start authgate-es256-mint PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-es256-mint.toml"
+start authgate-redis PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-redis.toml"
+start authgate-redis-nol1 PIN_SRV RUST_LOG=warn AUTHGATE_BENCH_REDIS_NO_L1=1 -- "$AG" --config "$WORK/authgate-redis-nol1.toml"
 wait_ready upstream "$P_UP"
 wait_ready nginx-proxy "$P_NGX"
 wait_ready hyper-floor "$P_FLOOR"
@@ -442,12 +454,14 @@ wait_ready authgate-session "$P_AG_SESS"
 wait_ready authgate-hs256 "$P_AG_HS"
 wait_ready authgate-eddsa "$P_AG_ED"
 wait_ready authgate-es256-mint "$P_AG_ES"
+wait_ready authgate-redis "$P_AG_RED"
+wait_ready authgate-redis-nol1 "$P_AG_RED0"
 
 # Threads serving connections: the main thread plus ag-worker-N (thread-per-core), or tokio's
 # tokio-rt-worker threads (work-stealing; blocking-pool threads share that name but none exist
 # before the first login).
 AG_THREADS=""
-for n in authgate-session authgate-hs256 authgate-eddsa; do
+for n in authgate-session authgate-hs256 authgate-eddsa authgate-redis authgate-redis-nol1; do
   pv="PID_${n//-/_}"
   comms="$(ps -T -p "${!pv}" -o comm=)"
   if [ "$AUTHGATE_RUNTIME" = work-stealing ] && [ "$AUTHGATE_WORKERS" != 1 ]; then
@@ -474,7 +488,9 @@ SESSION_COOKIE="$(login_cookie "$P_AG_SESS")"
 HS_TOKEN="$(login_cookie "$P_AG_HS")"
 ED_TOKEN="$(login_cookie "$P_AG_ED")"
 ES_TOKEN="$(login_cookie "$P_AG_ES")"
-for v in SESSION_COOKIE HS_TOKEN ED_TOKEN ES_TOKEN; do [ -n "${!v}" ] || die "no authgate cookie for $v"; done
+# Both Redis instances share the store: a session made on one is valid on the other.
+REDIS_COOKIE="$(login_cookie "$P_AG_RED")"
+for v in SESSION_COOKIE HS_TOKEN ED_TOKEN ES_TOKEN REDIS_COOKIE; do [ -n "${!v}" ] || die "no authgate cookie for $v"; done
 stop_pid "$PID_authgate_es256_mint"   # only needed to mint the ES256 token for HAProxy
 keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$PID_authgate_es256_mint" ] || keep+=("$p"); done; PIDS=("${keep[@]}")
 
@@ -487,6 +503,8 @@ URL[haproxy-es256]="http://127.0.0.1:$P_HAP_ES/";    COOKIE[haproxy-es256]="$ES_
 URL[authgate-session]="http://127.0.0.1:$P_AG_SESS/"; COOKIE[authgate-session]="$SESSION_COOKIE"
 URL[authgate-hs256]="http://127.0.0.1:$P_AG_HS/";     COOKIE[authgate-hs256]="$HS_TOKEN"
 URL[authgate-eddsa]="http://127.0.0.1:$P_AG_ED/";     COOKIE[authgate-eddsa]="$ED_TOKEN"
+URL[authgate-redis]="http://127.0.0.1:$P_AG_RED/";     COOKIE[authgate-redis]="$REDIS_COOKIE"
+URL[authgate-redis-nol1]="http://127.0.0.1:$P_AG_RED0/"; COOKIE[authgate-redis-nol1]="$REDIS_COOKIE"
 
 tamper() { # change one character of the last dot-separated part (the signature / session id)
   local tok="$1" head sig c
@@ -525,6 +543,11 @@ case "$alg_bad" in 403) ;; *) fail=1 ;; esac
 [ "$fail" = 0 ] || die "sanity check failed: every target must answer 200 with credentials, 401/403 without"
 
 # --------------------------------------------------------------------------- load
+# Commands the bench Redis has served so far, but for the heartbeats (PING) and these INFO calls.
+redis_cmds() {
+  redis-cli -p "$P_REDIS" info commandstats | tr -d '\r' \
+    | awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_ping" && $1 != "cmdstat_info" { n += $3 } END { print n + 0 }'
+}
 run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   local phase="$1" t="$2" r="$3" c="$4" th="$5" d="$6" delay="${7:-0}" out line
   out="$WORK/log/wrk-$phase-$t-$r.txt"
@@ -533,6 +556,7 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   # CPU time of the server under test (its whole process tree: nginx's worker is a child)
   # around the run, so the report can show CPU per request — steadier than req/s on shared cores.
   local spid="PID_${t//-/_}" cpu0 cpu1
+  case "$t" in authgate-redis*) redis_cmds_before=$(redis_cmds) ;; esac
   cpu0="$(python3 "$LIB" cpu "${!spid}")"
   WRK_DELAY_MS="$delay" "${PIN_LOAD[@]}" wrk "${args[@]}" "${URL[$t]}" >"$out" 2>&1 &
   local pid=$!
@@ -541,7 +565,14 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   TRANSIENT=()
   cpu1="$(python3 "$LIB" cpu "${!spid}")"
   [ "$phase" != warmup ] || return 0
+  case "$t" in authgate-redis*) redis_cmds_after=$(redis_cmds) ;; esac
   line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
+  case "$t" in authgate-redis*)
+    [ "$line" = MISSING ] || awk -v t="$t" -v a="$redis_cmds_before" -v b="$redis_cmds_after" '{
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      if (v["requests"]) printf "  %s: %d Redis commands for %d requests = %.4f per request\n", t, b - a, v["requests"], (b - a) / v["requests"]
+    }' <<<"$line" | tee -a "$WORK/redis-commands.txt" ;;
+  esac
   # "user system" seconds before and after: total and user part of the run.
   [ "$line" = MISSING ] || line+="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {
     split(a, x, " "); split(b, y, " ")
@@ -602,6 +633,36 @@ if [ "$SKIP_STORM" != 1 ]; then
   done
 fi
 
+# --------------------------------------------------------------------------- Redis memory per session
+# Sessions of the shape the gateway writes (s:<sha256 hex> record, t:<hash> last use, the user's
+# index set), loaded with redis-cli --pipe into the bench Redis; used_memory before and after.
+REDIS_SESSIONS="${REDIS_SESSIONS:-1000000}"
+if [ "$SKIP_MEMORY" != 1 ] && [ "$REDIS_SESSIONS" -gt 0 ]; then
+  say "Redis memory: $REDIS_SESSIONS sessions"
+  redis-cli -p "$P_REDIS" flushall >/dev/null
+  m0="$(redis-cli -p "$P_REDIS" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)$/\1/p')"
+  python3 - "$REDIS_SESSIONS" <<'PY' | redis-cli -p "$P_REDIS" --pipe >"$WORK/log/redis-pipe.log"
+import hashlib, os, sys, time
+n = int(sys.argv[1]); now = int(time.time() * 1000); end = now + 12 * 3600 * 1000
+out = sys.stdout.buffer
+def cmd(*a):
+    out.write(b"*%d\r\n" % len(a))
+    for x in a:
+        x = x if isinstance(x, bytes) else str(x).encode()
+        out.write(b"$%d\r\n%s\r\n" % (len(x), x))
+for i in range(n):
+    h = hashlib.sha256(os.urandom(32)).hexdigest()
+    user = "user%d" % (i % 1000)
+    cmd("SET", "authgate:s:" + h, "%s\n%d\n%d" % (user, 1234567890123456789, now), "PXAT", end)
+    cmd("SET", "authgate:t:" + h, now, "PXAT", end)
+    cmd("SADD", "authgate:u:" + user, h)
+PY
+  m1="$(redis-cli -p "$P_REDIS" info memory | tr -d '\r' | sed -n 's/^used_memory:\([0-9]*\)$/\1/p')"
+  awk -v a="$m0" -v b="$m1" -v n="$REDIS_SESSIONS" 'BEGIN { printf "  Redis used_memory +%.1f MiB for %d sessions = %.0f bytes per session\n", (b - a) / 1048576, n, (b - a) / n }' \
+    | tee "$WORK/redis-memory.txt"
+  redis-cli -p "$P_REDIS" flushall >/dev/null
+fi
+
 # --------------------------------------------------------------------------- memory
 MEMFILE="$WORK/memory.txt"
 if [ "$SKIP_MEMORY" != 1 ]; then
@@ -625,6 +686,12 @@ fi
   echo "nginx=$NGINX_VERSION"; echo "haproxy=$HAPROXY_VERSION"; echo "wrk=${WRK_VERSION:-}"
   echo "authgate=$("$AG" --version)"; echo "git=$(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown)"
 } >"$META"
+if [ -s "$WORK/redis-commands.txt" ] || [ -s "$WORK/redis-memory.txt" ]; then
+  say "Redis backend"
+  cat "$WORK/redis-commands.txt" "$WORK/redis-memory.txt" 2>/dev/null || true
+  mkdir -p "$RESULTS_DIR"
+  cat "$WORK/redis-commands.txt" "$WORK/redis-memory.txt" >"$RESULTS_DIR/redis-$(date -u +%Y%m%dT%H%M%SZ).txt" 2>/dev/null || true
+fi
 mkdir -p "$RESULTS_DIR"
 JSON="$RESULTS_DIR/results-$(date -u +%Y%m%dT%H%M%SZ).json"
 report_rc=0

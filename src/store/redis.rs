@@ -182,6 +182,9 @@ pub struct RedisSessions {
     idle_ms: AtomicU64,
     lifetime_ms: AtomicU64,
     max_sessions: AtomicU64,
+    /// Bench-only (`AUTHGATE_BENCH_REDIS_NO_L1=1`): read every session from Redis on every
+    /// request, the way oauth2-proxy does — the baseline the L1 is measured against.
+    no_l1: bool,
 }
 
 impl RedisSessions {
@@ -413,6 +416,9 @@ impl SessionStore for Arc<RedisSessions> {
         let Some(key) = decode_key(cookie_value) else {
             return false;
         };
+        if self.no_l1 {
+            return true;
+        }
         let trusted = self.link.trusted();
         match self.l1.get(&key).as_deref() {
             None => true,
@@ -805,7 +811,11 @@ pub fn open(cfg: &RedisConfig, auth: &crate::config::AuthConfig) -> Result<Redis
         idle_ms: AtomicU64::new(auth.idle_timeout.as_millis() as u64),
         lifetime_ms: AtomicU64::new(auth.max_lifetime.as_millis() as u64),
         max_sessions: AtomicU64::new(auth.max_sessions.max(1)),
+        no_l1: std::env::var_os("AUTHGATE_BENCH_REDIS_NO_L1").is_some_and(|v| v == "1"),
     });
+    if sessions.no_l1 {
+        tracing::warn!("AUTHGATE_BENCH_REDIS_NO_L1=1: every request reads its session from Redis (a benchmark baseline, not for production)");
+    }
     let revocations = Arc::new(RedisRevocations {
         link: link.clone(),
         replica: Revocations::new(auth.max_sessions),

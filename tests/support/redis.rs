@@ -25,15 +25,20 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Without persistence (`--save ""`, no AOF).
     pub fn start() -> RedisServer {
-        Self::launch(free_port(), tempfile::tempdir().unwrap(), false)
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), false, &[])
+    }
+
+    /// Without persistence, with extra server arguments (e.g. `--requirepass x`).
+    pub fn start_with(args: &[&str]) -> RedisServer {
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), false, args)
     }
 
     /// With an append-only file fsynced on every write, so a `kill -9` loses nothing.
     pub fn start_persistent() -> RedisServer {
-        Self::launch(free_port(), tempfile::tempdir().unwrap(), true)
+        Self::launch(free_port(), tempfile::tempdir().unwrap(), true, &[])
     }
 
-    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool) -> RedisServer {
+    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool, extra: &[&str]) -> RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--dir", dir.path().to_str().unwrap()])
@@ -45,6 +50,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(extra);
         let mut child = match cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn() {
             Ok(c) => c,
             Err(e) => panic!(
@@ -92,7 +98,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let again = Self::launch(self.port, dir, self.persistent);
+        let again = Self::launch(self.port, dir, self.persistent, &[]);
         *self = again;
     }
 
