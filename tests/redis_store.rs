@@ -52,6 +52,22 @@ async fn until_ready(gw: &TestGateway) {
     }
 }
 
+/// Asserts that `/app/x` answers 200 with `cookie`. A 503 is the store's defined transient
+/// answer (the heartbeat late on a loaded machine, a read timing out): it is retried for up to
+/// 5 s; anything else fails at once.
+async fn expect_ok(gw: &TestGateway, cookie: &str) {
+    let start = Instant::now();
+    loop {
+        match status(gw, "/app/x", cookie).await {
+            200 => return,
+            503 if start.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            s => panic!("{s} instead of 200 after {:?}", start.elapsed()),
+        }
+    }
+}
+
 /// How long until `path` answers `want` with `cookie` (asserting it does within `bound`).
 async fn within(gw: &TestGateway, cookie: &str, want: u16, bound: Duration) -> Duration {
     let start = Instant::now();
@@ -101,7 +117,7 @@ async fn sessions_are_shared_by_three_gateways_and_logout_anywhere_is_honoured_e
     }
     let alice = login_json(&a, "alice", PASSWORD).await;
     for gw in [&a, &b, &c] {
-        assert_eq!(status(gw, "/app/x", &alice).await, 200);
+        expect_ok(gw, &alice).await;
     }
     assert_eq!(up.last().one("x-forwarded-user").as_deref(), Some("alice"));
     logout(&b, &alice, false).await;
@@ -113,14 +129,14 @@ async fn sessions_are_shared_by_three_gateways_and_logout_anywhere_is_honoured_e
     let two = login_json(&b, "alice", PASSWORD).await;
     let bob = login_json(&a, "bob", PASSWORD).await;
     for gw in [&a, &b, &c] {
-        assert_eq!(status(gw, "/app/x", &one).await, 200);
-        assert_eq!(status(gw, "/app/x", &two).await, 200);
+        expect_ok(gw, &one).await;
+        expect_ok(gw, &two).await;
     }
     logout(&c, &one, true).await;
     for gw in [&a, &b, &c] {
         within(gw, &one, 302, PROPAGATION_BOUND).await;
         within(gw, &two, 302, PROPAGATION_BOUND).await;
-        assert_eq!(status(gw, "/app/x", &bob).await, 200);
+        expect_ok(gw, &bob).await;
     }
     // No session id is stored in Redis, only its hash.
     let keys = r.command(&["KEYS", "test:*"]);
@@ -141,11 +157,11 @@ async fn a_restarted_gateway_keeps_every_session() {
     let gw = TestGateway::start(&cfg).await;
     until_ready(&gw).await;
     let alice = login_json(&gw, "alice", PASSWORD).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
     gw.shutdown().await;
     let gw = TestGateway::start(&cfg).await;
     until_ready(&gw).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
     gw.shutdown().await;
 }
 
@@ -172,7 +188,7 @@ async fn jwt_revocations_and_sign_out_everywhere_are_shared() {
     until_ready(&a).await;
     until_ready(&b).await;
     let t1 = login_json(&a, "alice", PASSWORD).await;
-    assert_eq!(status(&b, "/app/x", &t1).await, 200);
+    expect_ok(&b, &t1).await;
     logout(&b, &t1, false).await;
     within(&a, &t1, 302, PROPAGATION_BOUND).await;
     let t2 = login_json(&a, "alice", PASSWORD).await;
@@ -186,7 +202,7 @@ async fn jwt_revocations_and_sign_out_everywhere_are_shared() {
     assert_eq!(status(&a, "/app/x", &t1).await, 302);
     assert_eq!(status(&a, "/app/x", &t3).await, 302);
     let t4 = login_json(&a, "alice", PASSWORD).await;
-    assert_eq!(status(&b, "/app/x", &t4).await, 200);
+    expect_ok(&b, &t4).await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -244,7 +260,7 @@ async fn redis_killed_means_503_never_a_login_redirect_and_recovery_is_automatic
     until_ready(&gw).await;
     until_ready(&other).await;
     let alice = login_json(&gw, "alice", PASSWORD).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
     r.kill();
     // Known session (in L1) and unknown one (never seen here): both 503 with Retry-After once
     // the store cannot vouch, never 302 to the login page, never a cleared cookie.
@@ -282,8 +298,8 @@ async fn redis_killed_means_503_never_a_login_redirect_and_recovery_is_automatic
     r.restart();
     until_ready(&gw).await;
     until_ready(&other).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200, "session lost");
-    assert_eq!(status(&other, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
+    expect_ok(&other, &alice).await;
     gw.shutdown().await;
     other.shutdown().await;
 }
@@ -298,7 +314,7 @@ async fn stopped_redis_gets_answers_within_a_bound_never_a_hang() {
     until_ready(&gw).await;
     let alice = login_json(&gw, "alice", PASSWORD).await;
     let bob = login_json(&gw, "bob", PASSWORD).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
     r.signal("STOP");
     let fresh = "authgate=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let start = Instant::now();
@@ -322,7 +338,7 @@ async fn stopped_redis_gets_answers_within_a_bound_never_a_hang() {
     );
     r.signal("CONT");
     until_ready(&gw).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
     gw.shutdown().await;
 }
 
@@ -339,9 +355,9 @@ async fn logout_propagation_over_many_logouts_stays_within_the_bound() {
     until_ready(&a).await;
     until_ready(&b).await;
     let mut took = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..1000 {
         let c = login_json(&a, "alice", PASSWORD).await;
-        assert_eq!(status(&b, "/app/x", &c).await, 200);
+        expect_ok(&b, &c).await;
         logout(&a, &c, false).await;
         took.push(within(&b, &c, 302, PROPAGATION_BOUND).await);
     }
@@ -388,15 +404,16 @@ async fn repeated_requests_are_answered_from_l1_without_redis_round_trips() {
     until_ready(&b).await;
     let alice = login_json(&a, "alice", PASSWORD).await;
     // The first request on B reads the session once.
-    assert_eq!(status(&b, "/app/x", &alice).await, 200);
+    expect_ok(&b, &alice).await;
     let before = redis_calls(&r);
     for _ in 0..200 {
-        assert_eq!(status(&b, "/app/x", &alice).await, 200);
-        assert_eq!(status(&a, "/app/x", &alice).await, 200);
+        expect_ok(&b, &alice).await;
+        expect_ok(&a, &alice).await;
     }
     let used = redis_calls(&r) - before;
-    // `INFO` itself counts once; last-use touches are at most one per idle_timeout / 10.
-    assert!(used <= 3, "{used} Redis commands for 400 requests");
+    // `INFO` itself counts once; last-use touches are at most one per idle_timeout / 10; a
+    // heartbeat late on a loaded machine costs a read or two. Without L1 it would be 400.
+    assert!(used <= 20, "{used} Redis commands for 400 requests");
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -618,7 +635,7 @@ async fn redis_password_from_a_file_works_and_a_wrong_one_is_503_not_a_logout() 
     let gw = TestGateway::start(&with_pw(&good)).await;
     until_ready(&gw).await;
     let alice = login_json(&gw, "alice", PASSWORD).await;
-    assert_eq!(status(&gw, "/app/x", &alice).await, 200);
+    expect_ok(&gw, &alice).await;
     let wrong = TestGateway::start(&with_pw(&bad)).await;
     assert_eq!(ready(&wrong).await, 503);
     assert_eq!(
@@ -660,6 +677,97 @@ async fn an_undecodable_session_record_reads_as_absent() {
             start.elapsed() < PROPAGATION_BOUND,
             "garbage record still accepted"
         );
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tunnel_ends_when_its_session_is_logged_out_on_another_instance() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(&up, &r, "").replace("path_prefix = \"/app\"", "path_prefix = \"/ws\"");
+    let (a, b) = (
+        TestGateway::start(&cfg).await,
+        TestGateway::start(&cfg).await,
+    );
+    until_ready(&a).await;
+    until_ready(&b).await;
+    for all in [false, true] {
+        let cookie = login_json(&a, "alice", PASSWORD).await;
+        let mut req = format!("ws://{}/ws", a.addr).into_client_request().unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::Text("hi".into())).await.unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Text(_)))));
+        logout(&b, &cookie, all).await;
+        let start = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(8), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "tunnel open 8 s after a logout elsewhere (all = {all})"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revocation_that_cannot_be_read_is_recovered_by_a_resync() {
+    use std::io::Write;
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let files = authgate::auth::jwt::generate_key(
+        authgate::config::JwtAlgorithm::HS256,
+        &keys.path().join("k"),
+    )
+    .unwrap();
+    let jwt = format!(
+        "[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nalgorithm = \"HS256\"\nsigning_key = {:?}\n",
+        files[0].to_str().unwrap()
+    );
+    let gw = TestGateway::start(&config(&up, &r, &jwt)).await;
+    until_ready(&gw).await;
+    let token = login_json(&gw, "alice", PASSWORD).await;
+    expect_ok(&gw, &token).await;
+    // A revocation key changes, and Redis then stalls for 1.5 s: the gateway cannot read it.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", r.port)).unwrap();
+    s.write_all(
+        b"*5\r\n$3\r\nSET\r\n$10\r\ntest:r:j:x\r\n$1\r\n1\r\n$2\r\nEX\r\n$3\r\n600\r\n\
+          *4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n$4\r\n1500\r\n$3\r\nALL\r\n",
+    )
+    .unwrap();
+    // Afterwards it recovers by itself: ready again and the token accepted again.
+    let start = Instant::now();
+    loop {
+        if ready(&gw).await == 200 && status(&gw, "/app/x", &token).await == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not recovered 10 s after a 1.5 s stall"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gw.shutdown().await;
 }

@@ -1082,13 +1082,13 @@ fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_
         .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string());
     if key_prefix.is_empty()
         || key_prefix.len() > 64
-        || !key_prefix
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'*' | b'?' | b'[' | b']'))
+        || !key_prefix.bytes().all(|b| {
+            b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'*' | b'?' | b'[' | b']' | b'\\')
+        })
     {
         c.err(
             "store.key_prefix",
-            format!("{key_prefix:?}: 1 to 64 printable characters without spaces, braces, '*', '?' or brackets"),
+            format!("{key_prefix:?}: 1 to 64 printable characters without spaces, braces, '*', '?', brackets or backslashes"),
         );
     }
     if let Some(u) = &r.username {

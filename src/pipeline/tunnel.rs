@@ -179,6 +179,27 @@ impl Tunnels {
         self.tracker.wait().await
     }
 
+    /// Loads the sessions of open tunnels that a remote store's cache does not hold (after a
+    /// logout elsewhere, a reconnect), so that [`Tunnels::check`] judges them on what the store
+    /// says rather than keeping them open as "unavailable". Bounded by the store's fetch timeout.
+    pub async fn prefetch(&self, live: &Live) {
+        if !live.remote {
+            return;
+        }
+        let cookies: Vec<String> = match self.open.lock() {
+            Ok(open) => open
+                .values()
+                .filter_map(|e| match &e.scope.credential {
+                    TunnelCredential::Session(c) if live.sessions.needs_fetch(c) => Some(c.clone()),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => return,
+        };
+        let fetches = cookies.iter().map(|c| live.sessions.fetch(c));
+        futures_util::future::join_all(fetches).await;
+    }
+
     /// One pass of the watcher: closes every tunnel whose opener would be refused now, or that
     /// has been silent for `server.tunnel_idle_timeout`. Returns how many it closed.
     pub fn check(&self, rt: &Runtime, live: &Live) -> usize {
@@ -292,6 +313,7 @@ pub async fn watch(shared: Arc<crate::state::Shared>) {
             continue;
         }
         let rt = shared.runtime.load();
+        shared.tunnels.prefetch(&shared.live).await;
         shared.tunnels.check(&rt, &shared.live);
     }
 }

@@ -58,8 +58,15 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_millis(250);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A session read from Redis while L1 is not trusted is believed this long.
 const FRESH: Duration = Duration::from_millis(100);
-/// "No such session" is remembered this long (invalidation removes it sooner when one appears).
+/// "No such session" is remembered this long (an invalidation of that key removes it sooner).
 const ABSENT_TTL: Duration = Duration::from_secs(5);
+/// Commands timing out in a row before both connections are replaced.
+const COMMAND_TIMEOUTS_BEFORE_RESET: u64 = 5;
+/// A tracking connection whose heartbeat stays unanswered this long is replaced (a stopped
+/// server, or a connection the network silently dropped).
+const SILENCE_BEFORE_RESET: Duration = Duration::from_secs(1);
+/// Revocation keys read per pipeline when reloading.
+const RELOAD_BATCH: usize = 500;
 /// Background writes (last-use touches, failure counts) waiting for Redis; more are dropped.
 const WRITE_QUEUE: usize = 4096;
 
@@ -72,8 +79,12 @@ pub struct Link {
     last_beat: AtomicU64,
     /// The tracking connection is up with tracking on, and L1 was flushed after it came up.
     tracking: AtomicBool,
-    /// Bumped by every invalidation: a fetch that raced one does not fill L1 with what it read.
-    invalidations: AtomicU64,
+    /// Asks the connection task to start over (new connections, L1 flushed, revocations
+    /// reloaded): a command connection that keeps timing out, a revocation that could not be
+    /// read after its invalidation.
+    resync: tokio::sync::Notify,
+    /// Consecutive command timeouts (a half-open connection never errors, it only times out).
+    timeouts: AtomicU64,
     /// Whether the store was last reported up (for one log line per change).
     reported_up: AtomicBool,
     writes: tokio::sync::mpsc::Sender<redis::Pipeline>,
@@ -92,6 +103,11 @@ impl Link {
                 .elapsed_ms()
                 .saturating_sub(self.last_beat.load(Ordering::Acquire))
                 <= TRUST_BOUND.as_millis() as u64
+    }
+
+    /// Takes a pending resync request, if any (true once per request).
+    fn resync_pending(&self) -> bool {
+        self.resync.notified().now_or_never().is_some()
     }
 
     fn beat(&self) {
@@ -117,7 +133,23 @@ impl Link {
             return Err(StoreError::Unavailable);
         };
         let mut conn = (*conn).clone();
-        match tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await {
+        let r = tokio::time::timeout(timeout, pipe.query_async::<T>(&mut conn)).await;
+        let timed_out = match &r {
+            Err(_) => true,
+            Ok(Err(e)) => e.is_timeout(),
+            Ok(Ok(_)) => false,
+        };
+        if timed_out {
+            if self.timeouts.fetch_add(1, Ordering::AcqRel) + 1 >= COMMAND_TIMEOUTS_BEFORE_RESET {
+                // Half open, or the server is stopped: start over on fresh connections.
+                self.timeouts.store(0, Ordering::Release);
+                self.cmd.store(None);
+                self.resync.notify_one();
+            }
+        } else {
+            self.timeouts.store(0, Ordering::Release);
+        }
+        match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis command failed");
@@ -143,15 +175,43 @@ impl Link {
     }
 }
 
-/// Hex of SHA-256 of a session id: the only form in which a session id reaches Redis.
-fn session_hash(key: &SessionKey) -> String {
+/// SHA-256 of a session id: the only form in which a session id reaches Redis (as hex), and the
+/// L1 key (so that an invalidation, which names the hash, finds its entry directly).
+type Digest = [u8; 32];
+
+fn digest(key: &SessionKey) -> Digest {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn hex(d: &Digest) -> String {
     let mut s = String::with_capacity(64);
-    for b in d.as_ref() {
+    for b in d {
         s.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
         s.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
     }
     s
+}
+
+fn unhex(s: &str) -> Option<Digest> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in b.chunks(2).enumerate() {
+        let hi = char::from(pair[0]).to_digit(16)?;
+        let lo = char::from(pair[1]).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// The L1 key of a cookie value, if it can be a session id at all.
+fn l1_key(cookie_value: &str) -> Option<Digest> {
+    decode_key(cookie_value).map(|k| digest(&k))
 }
 
 /// One cached session (or the knowledge that there is none).
@@ -164,24 +224,29 @@ enum Cached {
         last_ms: AtomicU64,
         /// When we last wrote the touch key (Unix ms).
         written_ms: AtomicU64,
+        /// When this was read from Redis (Unix ms, and as an instant).
+        fetched_ms: u64,
         fetched: Instant,
-        hash: Arc<str>,
     },
     Absent {
         fetched: Instant,
     },
 }
 
+/// A read of one session in progress: later requests for it wait for the same read.
+type Inflight = Shared<BoxFuture<'static, ()>>;
+
 /// Sessions on Redis with an L1 in front.
 pub struct RedisSessions {
     link: Arc<Link>,
-    l1: DashMap<SessionKey, Cached, foldhash::fast::RandomState>,
-    /// Session hash → id, to apply invalidations (which name the hash).
-    by_hash: DashMap<Arc<str>, SessionKey, foldhash::fast::RandomState>,
-    inflight: Mutex<HashMap<SessionKey, Shared<BoxFuture<'static, ()>>>>,
+    l1: DashMap<Digest, Cached, foldhash::fast::RandomState>,
+    /// Reads in progress, and whether an invalidation for that key arrived during one.
+    inflight: Mutex<HashMap<Digest, Inflight>>,
+    dirty: DashMap<Digest, bool, foldhash::fast::RandomState>,
+    /// Bumped by every L1 flush (reconnect): a read that spans one does not fill L1.
+    flushes: AtomicU64,
     idle_ms: AtomicU64,
     lifetime_ms: AtomicU64,
-    max_sessions: AtomicU64,
     /// Bench-only (`AUTHGATE_BENCH_REDIS_NO_L1=1`): read every session from Redis on every
     /// request, the way oauth2-proxy does — the baseline the L1 is measured against.
     no_l1: bool,
@@ -189,27 +254,16 @@ pub struct RedisSessions {
 
 impl RedisSessions {
     fn flush(&self) {
+        self.flushes.fetch_add(1, Ordering::AcqRel);
         self.l1.clear();
-        self.by_hash.clear();
     }
 
-    fn forget_hash(&self, hash: &str) {
-        if let Some((_, key)) = self.by_hash.remove(hash) {
-            self.l1.remove(&key);
+    /// An invalidation (or our own delete) of one session key.
+    fn forget(&self, d: &Digest) {
+        if let Some(mut flag) = self.dirty.get_mut(d) {
+            *flag = true;
         }
-    }
-
-    fn insert(&self, key: SessionKey, c: Cached) {
-        if let Cached::Present { hash, .. } = &c {
-            self.by_hash.insert(hash.clone(), key);
-        }
-        if let Some((_, Cached::Present { hash, .. })) = self.l1.remove(&key) {
-            self.by_hash.remove(&hash);
-        }
-        if let Cached::Present { hash, .. } = &c {
-            self.by_hash.insert(hash.clone(), key);
-        }
-        self.l1.insert(key, c);
+        self.l1.remove(d);
     }
 
     fn idle_expired(&self, last_ms: u64, now_ms: u64) -> bool {
@@ -221,11 +275,11 @@ impl RedisSessions {
         cookie_value: &str,
         refresh: bool,
     ) -> Result<Option<SessionData>, StoreUnavailable> {
-        let Some(key) = decode_key(cookie_value) else {
+        let Some(d) = l1_key(cookie_value) else {
             return Ok(None);
         };
         let trusted = self.link.trusted();
-        let Some(c) = self.l1.get(&key) else {
+        let Some(c) = self.l1.get(&d) else {
             return Err(StoreUnavailable);
         };
         let now_ms = unix_now_ms();
@@ -243,20 +297,30 @@ impl RedisSessions {
                 created_ms,
                 last_ms,
                 written_ms,
+                fetched_ms,
                 fetched,
-                hash,
             } => {
                 if !trusted && fetched.elapsed() >= FRESH {
                     return Err(StoreUnavailable);
                 }
                 let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
-                if now_ms.saturating_sub(*created_ms) >= lifetime
-                    || self.idle_expired(last_ms.load(Ordering::Relaxed), now_ms)
-                {
+                if now_ms.saturating_sub(*created_ms) >= lifetime {
                     return Ok(None);
                 }
+                let last = last_ms.load(Ordering::Relaxed);
+                if self.idle_expired(last, now_ms) {
+                    // Idle only as far as this instance knows: the verdict needs a read of the
+                    // last use made after the session went idle here (another instance may have
+                    // used it). Without one, nobody can tell: unavailable, not logged out.
+                    let idle = self.idle_ms.load(Ordering::Relaxed);
+                    return if *fetched_ms >= last.saturating_add(idle) {
+                        Ok(None)
+                    } else {
+                        Err(StoreUnavailable)
+                    };
+                }
                 if refresh {
-                    if last_ms.load(Ordering::Relaxed) < now_ms {
+                    if last < now_ms {
                         last_ms.fetch_max(now_ms, Ordering::Relaxed);
                     }
                     let every = (self.idle_ms.load(Ordering::Relaxed) / 10).max(1000);
@@ -269,7 +333,7 @@ impl RedisSessions {
                         let end = created_ms.saturating_add(lifetime);
                         let mut p = redis::pipe();
                         p.cmd("SET")
-                            .arg(self.link.key("t:", hash))
+                            .arg(self.link.key("t:", &hex(&d)))
                             .arg(now_ms)
                             .arg("PXAT")
                             .arg(end)
@@ -286,58 +350,74 @@ impl RedisSessions {
         }
     }
 
-    /// Reads one session (and its last use) from Redis into L1.
-    async fn load(self: Arc<Self>, key: SessionKey) {
-        let hash: Arc<str> = Arc::from(session_hash(&key));
-        for _ in 0..3 {
-            let before = self.link.invalidations.load(Ordering::Acquire);
-            let mut p = redis::pipe();
-            p.cmd("MGET")
-                .arg(self.link.key("s:", &hash))
-                .arg(self.link.key("t:", &hash));
-            let got: Result<(Vec<Option<String>>,), StoreError> =
-                self.link.run(&p, FETCH_TIMEOUT).await;
-            let Ok((vals,)) = got else {
-                return;
-            };
-            let record = vals.first().cloned().flatten();
-            let touch = vals
-                .get(1)
-                .cloned()
-                .flatten()
-                .and_then(|t| t.parse::<u64>().ok());
-            let cached = match record.as_deref().and_then(parse_record) {
-                None => Cached::Absent {
-                    fetched: Instant::now(),
-                },
-                Some((username, password_version, created_ms)) => {
-                    let local = match self.l1.get(&key).as_deref() {
-                        Some(Cached::Present { last_ms, .. }) => last_ms.load(Ordering::Relaxed),
-                        _ => 0,
-                    };
-                    let last = touch.unwrap_or(created_ms).max(local).max(created_ms);
-                    Cached::Present {
-                        username: Arc::from(username),
-                        password_version,
-                        created_ms,
-                        last_ms: AtomicU64::new(last),
-                        written_ms: AtomicU64::new(touch.unwrap_or(created_ms)),
+    /// Reads one session (and its last use) from Redis into L1, within [`FETCH_TIMEOUT`] in all.
+    /// Runs as its own task, so a request that gives up waiting does not leave it half done.
+    async fn load(self: Arc<Self>, d: Digest) {
+        let key = hex(&d);
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, async {
+            for _ in 0..3 {
+                let flushes = self.flushes.load(Ordering::Acquire);
+                self.dirty.insert(d, false);
+                let mut p = redis::pipe();
+                p.cmd("MGET")
+                    .arg(self.link.key("s:", &key))
+                    .arg(self.link.key("t:", &key));
+                let Ok((vals,)): Result<(Vec<Option<String>>,), StoreError> =
+                    self.link.run(&p, FETCH_TIMEOUT).await
+                else {
+                    return;
+                };
+                let record = vals.first().cloned().flatten();
+                let touch = vals
+                    .get(1)
+                    .cloned()
+                    .flatten()
+                    .and_then(|t| t.parse::<u64>().ok());
+                let now_ms = unix_now_ms();
+                let cached = match record.as_deref().and_then(parse_record) {
+                    None => Cached::Absent {
                         fetched: Instant::now(),
-                        hash: hash.clone(),
+                    },
+                    Some((username, password_version, created_ms)) => {
+                        let local = match self.l1.get(&d).as_deref() {
+                            Some(Cached::Present { last_ms, .. }) => {
+                                last_ms.load(Ordering::Relaxed)
+                            }
+                            _ => 0,
+                        };
+                        let last = touch.unwrap_or(created_ms).max(local).max(created_ms);
+                        Cached::Present {
+                            username: Arc::from(username),
+                            password_version,
+                            created_ms,
+                            last_ms: AtomicU64::new(last),
+                            written_ms: AtomicU64::new(touch.unwrap_or(created_ms)),
+                            fetched_ms: now_ms,
+                            fetched: Instant::now(),
+                        }
                     }
+                };
+                // The dirty flag is checked and the entry stored under the same map shard lock
+                // order as `forget` uses: an invalidation of this key during the read makes it
+                // read again; one after the insert removes what we stored.
+                let raced = self.dirty.get(&d).is_some_and(|f| *f)
+                    || self.flushes.load(Ordering::Acquire) != flushes;
+                if raced {
+                    continue;
                 }
-            };
-            // An invalidation while we read: what we read may be older than it. Read again.
-            if self.link.invalidations.load(Ordering::Acquire) != before {
-                continue;
-            }
-            let absent = matches!(cached, Cached::Absent { .. });
-            let full = self.l1.len() as u64 >= self.max_sessions.load(Ordering::Relaxed);
-            if absent && full {
+                self.l1.insert(d, cached);
+                if self.dirty.get(&d).is_some_and(|f| *f) {
+                    // Invalidated between the check and the insert: what we stored may be old.
+                    self.l1.remove(&d);
+                    continue;
+                }
                 return;
             }
-            self.insert(key, cached);
-            return;
+        })
+        .await;
+        self.dirty.remove(&d);
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.remove(&d);
         }
     }
 }
@@ -359,7 +439,8 @@ impl SessionStore for Arc<RedisSessions> {
     ) -> BoxFuture<'_, Result<String, StoreError>> {
         Box::pin(async move {
             let key = random_key().map_err(StoreError::Internal)?;
-            let hash: Arc<str> = Arc::from(session_hash(&key));
+            let d = digest(&key);
+            let hash = hex(&d);
             let now_ms = unix_now_ms();
             let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
             let end = now_ms.saturating_add(lifetime);
@@ -381,23 +462,25 @@ impl SessionStore for Arc<RedisSessions> {
                 .ignore()
                 .cmd("SADD")
                 .arg(&index)
-                .arg(&*hash)
+                .arg(&hash)
                 .ignore()
                 .cmd("PEXPIRE")
                 .arg(&index)
                 .arg(lifetime)
                 .ignore();
             self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
-            self.insert(
-                key,
+            // Our own write's invalidation may arrive after this and evict it again: the first
+            // request then reads it back once.
+            self.l1.insert(
+                d,
                 Cached::Present {
                     username,
                     password_version,
                     created_ms: now_ms,
                     last_ms: AtomicU64::new(now_ms),
                     written_ms: AtomicU64::new(now_ms),
+                    fetched_ms: now_ms,
                     fetched: Instant::now(),
-                    hash,
                 },
             );
             Ok(URL_SAFE_NO_PAD.encode(key))
@@ -413,17 +496,17 @@ impl SessionStore for Arc<RedisSessions> {
     }
 
     fn needs_fetch(&self, cookie_value: &str) -> bool {
-        let Some(key) = decode_key(cookie_value) else {
+        let Some(d) = l1_key(cookie_value) else {
             return false;
         };
         if self.no_l1 {
             return true;
         }
         let trusted = self.link.trusted();
-        match self.l1.get(&key).as_deref() {
+        match self.l1.get(&d).as_deref() {
             None => true,
             Some(Cached::Absent { fetched }) => {
-                !trusted && fetched.elapsed() >= FRESH || fetched.elapsed() >= ABSENT_TTL
+                (!trusted && fetched.elapsed() >= FRESH) || fetched.elapsed() >= ABSENT_TTL
             }
             Some(Cached::Present {
                 last_ms, fetched, ..
@@ -436,36 +519,42 @@ impl SessionStore for Arc<RedisSessions> {
     }
 
     fn fetch<'a>(&'a self, cookie_value: &'a str) -> BoxFuture<'a, ()> {
-        let Some(key) = decode_key(cookie_value) else {
+        let Some(d) = l1_key(cookie_value) else {
             return crate::store::ready(());
         };
+        if self.no_l1 {
+            // The baseline reads once per request, concurrent requests for one session included.
+            let me = Arc::clone(self);
+            return Box::pin(async move {
+                let _ = tokio::spawn(me.load(d)).await;
+            });
+        }
         let shared = {
             let Ok(mut inflight) = self.inflight.lock() else {
                 return crate::store::ready(());
             };
             inflight
-                .entry(key)
+                .entry(d)
                 .or_insert_with(|| {
-                    let me = Arc::clone(self);
-                    let fut: BoxFuture<'static, ()> = Box::pin(me.load(key));
+                    // Its own task: it finishes (and leaves the map) even if every waiter goes.
+                    let task = tokio::spawn(Arc::clone(self).load(d));
+                    let fut: BoxFuture<'static, ()> = Box::pin(async move {
+                        let _ = task.await;
+                    });
                     fut.shared()
                 })
                 .clone()
         };
-        Box::pin(async move {
-            shared.await;
-            if let Ok(mut inflight) = self.inflight.lock() {
-                inflight.remove(&key);
-            }
-        })
+        Box::pin(shared)
     }
 
     fn remove(&self, cookie_value: &str) -> BoxFuture<'_, Result<(), StoreError>> {
         let key = decode_key(cookie_value);
         Box::pin(async move {
             let Some(key) = key else { return Ok(()) };
-            let hash = session_hash(&key);
-            let username = match self.l1.get(&key).as_deref() {
+            let d = digest(&key);
+            let hash = hex(&d);
+            let username = match self.l1.get(&d).as_deref() {
                 Some(Cached::Present { username, .. }) => Some(username.clone()),
                 _ => None,
             };
@@ -481,8 +570,7 @@ impl SessionStore for Arc<RedisSessions> {
                     .ignore();
             }
             self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
-            self.forget_hash(&hash);
-            self.l1.remove(&key);
+            self.forget(&d);
             Ok(())
         })
     }
@@ -494,6 +582,9 @@ impl SessionStore for Arc<RedisSessions> {
             let mut p = redis::pipe();
             p.cmd("SMEMBERS").arg(&index);
             let (hashes,): (Vec<String>,) = self.link.run(&p, WRITE_TIMEOUT).await?;
+            if hashes.is_empty() {
+                return Ok(());
+            }
             let mut p = redis::pipe();
             p.atomic();
             for h in &hashes {
@@ -502,15 +593,14 @@ impl SessionStore for Arc<RedisSessions> {
                     .arg(self.link.key("t:", h))
                     .ignore();
             }
-            p.cmd("DEL").arg(&index).ignore();
+            // Only the members read: a login made meanwhile keeps its place in the index.
+            p.cmd("SREM").arg(&index).arg(&hashes).ignore();
             self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
             for h in &hashes {
-                self.forget_hash(h);
+                if let Some(d) = unhex(h) {
+                    self.forget(&d);
+                }
             }
-            self.l1.retain(|_, c| match c {
-                Cached::Present { username: u, .. } => **u != *username,
-                Cached::Absent { .. } => true,
-            });
             Ok(())
         })
     }
@@ -537,17 +627,16 @@ impl SessionStore for Arc<RedisSessions> {
                     && now_ms.saturating_sub(last_ms.load(Ordering::Relaxed)) < idle * 2
             }
         });
-        self.by_hash.retain(|_, k| self.l1.contains_key(k));
         before.saturating_sub(self.l1.len())
     }
 
-    fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64) {
+    fn set_limits(&self, idle: Duration, max_lifetime: Duration, _max_sessions: u64) {
+        // The number of sessions is bounded by Redis's memory, not here; L1 holds what this
+        // instance has seen recently (swept every 30 s).
         self.idle_ms
             .store(idle.as_millis() as u64, Ordering::Relaxed);
         self.lifetime_ms
             .store(max_lifetime.as_millis() as u64, Ordering::Relaxed);
-        self.max_sessions
-            .store(max_sessions.max(1), Ordering::Relaxed);
     }
 
     fn len(&self) -> u64 {
@@ -583,10 +672,21 @@ impl RedisRevocations {
             Ok(Ok(())) => {}
             _ => return Err(StoreError::Unavailable),
         }
-        for k in keys {
-            self.apply(&k).await?;
+        for batch in keys.chunks(RELOAD_BATCH) {
+            let mut p = redis::pipe();
+            for k in batch {
+                p.cmd("GET").arg(k).cmd("PTTL").arg(k);
+            }
+            let vals: Vec<Value> = self.link.run(&p, Duration::from_secs(5)).await?;
+            for (k, pair) in batch.iter().zip(vals.chunks(2)) {
+                let v: Option<String> = redis::from_redis_value_ref(&pair[0]).unwrap_or(None);
+                let ttl: i64 = pair
+                    .get(1)
+                    .and_then(|t| redis::from_redis_value_ref(t).ok())
+                    .unwrap_or(0);
+                self.record(k, v, ttl);
+            }
         }
-        self.loaded.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -595,8 +695,16 @@ impl RedisRevocations {
         let mut p = redis::pipe();
         p.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let (v, ttl): (Option<String>, i64) = self.link.run(&p, WRITE_TIMEOUT).await?;
-        let Some(v) = v else { return Ok(()) };
-        let rest = &key[self.link.prefix.len()..];
+        self.record(key, v, ttl);
+        Ok(())
+    }
+
+    /// Applies one revocation key's value to the replica.
+    fn record(&self, key: &str, v: Option<String>, ttl: i64) {
+        let Some(v) = v else { return };
+        let Some(rest) = key.get(self.link.prefix.len()..) else {
+            return;
+        };
         let now = unix_now();
         if let Some(jti) = rest.strip_prefix("r:j:") {
             let left = u64::try_from(ttl).unwrap_or(0) / 1000;
@@ -611,7 +719,6 @@ impl RedisRevocations {
                 self.replica.revoke_user_before(user, at);
             }
         }
-        Ok(())
     }
 }
 
@@ -686,6 +793,11 @@ const RAISE_NOT_BEFORE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or
      if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
      return 1";
 
+/// Counts one failure in KEYS[1]; the first one of a window sets its expiry (ARGV[1] ms).
+const COUNT_FAILURE: &str = "local n = redis.call('INCR', KEYS[1]) \
+     if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+     return n";
+
 /// Failed-login counters on Redis (shared by every instance), with the local ones in front.
 pub struct RedisLimits {
     link: Arc<Link>,
@@ -743,8 +855,13 @@ impl LoginLimitStore for Arc<RedisLimits> {
         let window = WINDOW.as_millis() as u64;
         let mut p = redis::pipe();
         for k in [a, u] {
-            p.cmd("INCR").arg(&k).ignore();
-            p.cmd("PEXPIRE").arg(&k).arg(window).arg("NX").ignore();
+            // One script: a counter never exists without its window's expiry.
+            p.cmd("EVAL")
+                .arg(COUNT_FAILURE)
+                .arg(1)
+                .arg(&k)
+                .arg(window)
+                .ignore();
         }
         self.link.later(p);
     }
@@ -799,18 +916,19 @@ pub fn open(cfg: &RedisConfig, auth: &crate::config::AuthConfig) -> Result<Redis
         started: Instant::now(),
         last_beat: AtomicU64::new(0),
         tracking: AtomicBool::new(false),
-        invalidations: AtomicU64::new(0),
+        resync: tokio::sync::Notify::new(),
+        timeouts: AtomicU64::new(0),
         reported_up: AtomicBool::new(true),
         writes: tx,
     });
     let sessions = Arc::new(RedisSessions {
         link: link.clone(),
         l1: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-        by_hash: DashMap::with_hasher(foldhash::fast::RandomState::default()),
         inflight: Mutex::new(HashMap::new()),
+        dirty: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+        flushes: AtomicU64::new(0),
         idle_ms: AtomicU64::new(auth.idle_timeout.as_millis() as u64),
         lifetime_ms: AtomicU64::new(auth.max_lifetime.as_millis() as u64),
-        max_sessions: AtomicU64::new(auth.max_sessions.max(1)),
         no_l1: std::env::var_os("AUTHGATE_BENCH_REDIS_NO_L1").is_some_and(|v| v == "1"),
     });
     if sessions.no_l1 {
@@ -902,14 +1020,16 @@ async fn track(client: redis::Client, sessions: Arc<RedisSessions>, revs: Arc<Re
             continue;
         }
         // What L1 holds was not vouched for by this connection: start empty, reload the
-        // revocations, and only then trust it.
-        link.invalidations.fetch_add(1, Ordering::AcqRel);
+        // revocations, and only then trust it. A resync asked for meanwhile (a revocation read
+        // that failed) is served by this reload.
         sessions.flush();
+        while link.resync_pending() {}
         if let Err(e) = revs.reload().await {
             link.report(false, &e.to_string());
             tokio::time::sleep(backoff).await;
             continue;
         }
+        revs.loaded.store(true, Ordering::Release);
         backoff = Duration::from_millis(50);
         if !warned {
             warned = true;
@@ -931,10 +1051,19 @@ async fn track(client: redis::Client, sessions: Arc<RedisSessions>, revs: Arc<Re
                             link.report(true, "");
                         }
                         Ok(Err(e)) if !e.is_timeout() => break e.to_string(),
-                        // Stopped or slow: L1 stops being trusted by time alone.
-                        _ => link.report(false, "heartbeat not answered"),
+                        // Stopped or slow: L1 stops being trusted by time alone; silent for
+                        // long, the connection is replaced (it may be half open).
+                        _ => {
+                            link.report(false, "heartbeat not answered");
+                            let silent = link.elapsed_ms().saturating_sub(link.last_beat.load(Ordering::Acquire));
+                            if silent >= SILENCE_BEFORE_RESET.as_millis() as u64 {
+                                link.cmd.store(None);
+                                break "heartbeat silent".to_string();
+                            }
+                        }
                     }
                 }
+                () = link.resync.notified() => break "resync".to_string(),
                 p = rx.recv() => match p {
                     None => break "invalidation channel closed".to_string(),
                     Some(p) => match p.kind {
@@ -968,6 +1097,21 @@ async fn warn_about_settings(link: &Link) {
         .arg("maxmemory-policy");
     type Pairs = (Vec<String>, Vec<String>, Vec<String>);
     let got: Result<Pairs, StoreError> = link.run(&p, WRITE_TIMEOUT).await;
+    let mut p = redis::pipe();
+    p.cmd("INFO").arg("server");
+    if let Ok((info,)) = link.run::<(String,)>(&p, WRITE_TIMEOUT).await {
+        let version = info
+            .lines()
+            .find_map(|l| l.strip_prefix("redis_version:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mut parts = version.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < (6, 2) {
+            tracing::error!(redis_version = %version, "redis store: needs Redis 6.2 or newer (CLIENT TRACKING BCAST, SET PXAT)");
+        }
+    }
     let Ok((aof, save, policy)) = got else {
         tracing::info!("redis store: cannot read the server's settings (CONFIG GET refused?); check persistence and maxmemory-policy yourself");
         return;
@@ -985,7 +1129,6 @@ async fn warn_about_settings(link: &Link) {
 /// Applies one invalidation push: drop sessions, re-read revocations (`[Nil]`: everything).
 fn invalidate(sessions: &Arc<RedisSessions>, revs: &Arc<RedisRevocations>, data: &[Value]) {
     let link = &sessions.link;
-    link.invalidations.fetch_add(1, Ordering::AcqRel);
     let keys: Vec<String> = match data.first() {
         Some(Value::Array(items)) => items
             .iter()
@@ -1002,16 +1145,17 @@ fn invalidate(sessions: &Arc<RedisSessions>, revs: &Arc<RedisRevocations>, data:
             continue;
         };
         if let Some(hash) = rest.strip_prefix("s:") {
-            sessions.forget_hash(hash);
+            if let Some(d) = unhex(hash) {
+                sessions.forget(&d);
+            }
         } else if rest.starts_with("r:") {
             let revs = revs.clone();
             tokio::spawn(async move {
                 if revs.apply(&k).await.is_err() {
-                    // Could not read what changed: stop vouching until a reload succeeds.
+                    // Could not read what changed: stop vouching, and have the connection task
+                    // start over (one reload, not one per failed key).
                     revs.loaded.store(false, Ordering::Release);
-                    if revs.reload().await.is_ok() {
-                        revs.loaded.store(true, Ordering::Release);
-                    }
+                    revs.link.resync.notify_one();
                 }
             });
         }
