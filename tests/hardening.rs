@@ -982,3 +982,18 @@ async fn upstream_only_traffic_does_not_keep_an_idle_session_alive() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn config_refuses_route_prefixes_an_encoded_form_could_slip_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.toml");
+    for prefix in ["/a+b", "/x=1", "/user@host", "/a:b", "/it's"] {
+        std::fs::write(
+            &p,
+            format!("[[routes]]\npath_prefix = {prefix:?}\nupstream = \"builtin:whoami\"\naccess = \"public\"\n"),
+        )
+        .unwrap();
+        let e = authgate::Config::load(&p).unwrap_err().to_string();
+        assert!(e.contains("routes[0].path_prefix"), "{prefix}: {e}");
+    }
+}

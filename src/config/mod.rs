@@ -1321,13 +1321,16 @@ fn validate_route(
     {
         c.err(key("path_prefix"), format!("{prefix:?} must start with '/' and be a plain path (no '//', dot segments, '%', '\\', '?', '#')"));
     }
+    // Unreserved characters only: a sub-delimiter (`+`, `=`, `:`, `@`, ...) stays percent-encoded
+    // in a normalised path, so `/a%2Bb` would miss a `/a+b` prefix and go to another route, while
+    // an app that decodes reads `/a+b`.
     if !prefix
         .bytes()
-        .all(|b| crate::pipeline::path::plain(b) || b == b'.')
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
     {
         c.err(
             key("path_prefix"),
-            format!("{prefix:?} may only use letters, digits and - . _ ~ ! $ & ' ( ) * + , = : @ / (a normalised request path could never match anything else)"),
+            format!("{prefix:?} may only use letters, digits and - . _ ~ / (other characters can reach an app percent-encoded, past the route)"),
         );
     }
     let path_prefix = prefix.trim_end_matches('/').to_string();

@@ -159,9 +159,11 @@ pub fn safe_rd(rd: &str, public_origin: &str) -> String {
     }
     let mut cur = rd.to_string();
     for _ in 0..3 {
-        let dec = percent_encoding::percent_decode_str(&cur)
-            .decode_utf8_lossy()
-            .into_owned();
+        // Escapes that are not UTF-8 (overlong `%c0%af` for `/`) are refused, not replaced.
+        let Ok(dec) = percent_encoding::percent_decode_str(&cur).decode_utf8() else {
+            return "/".into();
+        };
+        let dec = dec.into_owned();
         if bad(&dec) {
             return "/".into();
         }
@@ -737,6 +739,8 @@ mod tests {
             "/%252F%252Fevil.com",
             "",
             "/.auth/logout",
+            "/%c0%af/evil.com",
+            "/%c0%ae%c0%ae/x",
         ] {
             assert_eq!(safe_rd(bad, o), "/", "{bad:?}");
         }
