@@ -5,11 +5,8 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use authgate::auth::jwt::generate_key;
-use authgate::config::JwtAlgorithm;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,15 +36,6 @@ fn server(extra: &str) -> String {
     format!("[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n{extra}\n\n")
 }
 
-/// JWT mode (HS256) with a fresh secret in `dir`.
-fn jwt_section(dir: &Path) -> String {
-    let files = generate_key(JwtAlgorithm::HS256, &dir.join("hs")).unwrap();
-    format!(
-        "[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nalgorithm = \"HS256\"\nsigning_key = {:?}\n",
-        files[0].to_str().unwrap()
-    )
-}
-
 /// Another argon2id hash of the test password (a new salt): what a password reset to the same
 /// password, or to another one, looks like in the users file.
 fn other_hash() -> String {
@@ -69,23 +57,6 @@ async fn get(gw: &TestGateway, path: &str, cookie: &str) -> u16 {
         .unwrap()
         .status()
         .as_u16()
-}
-
-async fn logout(gw: &TestGateway, cookie: &str, all: bool) {
-    let r = client()
-        .post(gw.url(if all {
-            "/.auth/logout?all=1"
-        } else {
-            "/.auth/logout"
-        }))
-        .header("cookie", cookie)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["was_logged_in"], true, "{v}");
 }
 
 /// Reloads the gateway from new TOML text (written where it started from).

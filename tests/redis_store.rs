@@ -84,21 +84,6 @@ async fn within(gw: &TestGateway, cookie: &str, want: u16, bound: Duration) -> D
     }
 }
 
-async fn logout(gw: &TestGateway, cookie: &str, all: bool) {
-    let r = client()
-        .post(gw.url(if all {
-            "/.auth/logout?all=1"
-        } else {
-            "/.auth/logout"
-        }))
-        .header("cookie", cookie)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 const PROPAGATION_BOUND: Duration = Duration::from_millis(500);
 
 #[tokio::test]
@@ -171,15 +156,7 @@ async fn jwt_revocations_and_sign_out_everywhere_are_shared() {
     let r = RedisServer::start();
     let up = Upstream::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let files = authgate::auth::jwt::generate_key(
-        authgate::config::JwtAlgorithm::HS256,
-        &keys.path().join("k"),
-    )
-    .unwrap();
-    let jwt = format!(
-        "[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nalgorithm = \"HS256\"\nsigning_key = {:?}\n",
-        files[0].to_str().unwrap()
-    );
+    let jwt = jwt_section(keys.path());
     let cfg = config(&up, &r, &jwt);
     let (a, b) = (
         TestGateway::start(&cfg).await,
@@ -737,15 +714,7 @@ async fn a_revocation_that_cannot_be_read_is_recovered_by_a_resync() {
     let r = RedisServer::start();
     let up = Upstream::start().await;
     let keys = tempfile::tempdir().unwrap();
-    let files = authgate::auth::jwt::generate_key(
-        authgate::config::JwtAlgorithm::HS256,
-        &keys.path().join("k"),
-    )
-    .unwrap();
-    let jwt = format!(
-        "[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nalgorithm = \"HS256\"\nsigning_key = {:?}\n",
-        files[0].to_str().unwrap()
-    );
+    let jwt = jwt_section(keys.path());
     let gw = TestGateway::start(&config(&up, &r, &jwt)).await;
     until_ready(&gw).await;
     let token = login_json(&gw, "alice", PASSWORD).await;

@@ -608,12 +608,11 @@ impl JwtKeys {
         now: u64,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
-        self.issue_in_session(
+        self.issue_stamped(
             sub,
             email,
             groups,
             auth_time,
-            None,
             Stamp::unversioned(now),
             max_lifetime,
         )
@@ -628,15 +627,7 @@ impl JwtKeys {
         now: u64,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
-        self.issue_in_session(
-            &prev.sub,
-            email,
-            groups,
-            prev.auth_time,
-            Some((&prev.sid, prev.auth_time_ms)),
-            Stamp::unversioned(now),
-            max_lifetime,
-        )
+        self.renew_stamped(prev, email, groups, Stamp::unversioned(now), max_lifetime)
     }
 
     #[allow(clippy::too_many_arguments)] // private; the two public entry points above fix the shape

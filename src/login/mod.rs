@@ -425,16 +425,7 @@ async fn login_post(
     if form.username.len() > 64 || form.password.len() > 1024 {
         return Err(GatewayError::BadRequest("username or password too long"));
     }
-    let limited = shared
-        .live
-        .limiter
-        .check(ip, &form.username)
-        .await
-        .map_err(store_error)?;
-    if let Some(wait) = limited {
-        tracing::warn!(client = %ip, "login rate limit reached");
-        return Err(GatewayError::TooManyRequests { retry_after: wait });
-    }
+    check_limit(shared, ip, &form.username).await?;
 
     let user = rt.users.get(&form.username).cloned();
     let hash = user
@@ -451,16 +442,7 @@ async fn login_post(
     };
     // Check again with a slot in hand: failures recorded while this attempt queued must count, or
     // a burst of concurrent guesses would all pass the check above before any failure is recorded.
-    let limited = shared
-        .live
-        .limiter
-        .check(ip, &form.username)
-        .await
-        .map_err(store_error)?;
-    if let Some(wait) = limited {
-        tracing::warn!(client = %ip, "login rate limit reached");
-        return Err(GatewayError::TooManyRequests { retry_after: wait });
-    }
+    check_limit(shared, ip, &form.username).await?;
     let password = form.password;
     let known = user.is_some();
     let (state, username) = (Arc::clone(shared), form.username.clone());
@@ -648,6 +630,23 @@ async fn logout_post(
         cookies::clear_session_cookie(&rt.config),
     );
     Ok(r)
+}
+
+/// 429 while the address or the username is over its failed-login limit.
+async fn check_limit(shared: &Shared, ip: IpAddr, username: &str) -> Result<(), GatewayError> {
+    let limited = shared
+        .live
+        .limiter
+        .check(ip, username)
+        .await
+        .map_err(store_error)?;
+    match limited {
+        Some(wait) => {
+            tracing::warn!(client = %ip, "login rate limit reached");
+            Err(GatewayError::TooManyRequests { retry_after: wait })
+        }
+        None => Ok(()),
+    }
 }
 
 /// A failed store write as the client's answer.

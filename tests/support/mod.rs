@@ -589,6 +589,36 @@ pub async fn terminate_and_wait(
     }
 }
 
+/// `[auth]` JWT mode (HS256) with a fresh secret written into `dir`.
+pub fn jwt_section(dir: &std::path::Path) -> String {
+    let files =
+        authgate::auth::jwt::generate_key(authgate::config::JwtAlgorithm::HS256, &dir.join("hs"))
+            .unwrap();
+    format!(
+        "[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nalgorithm = \"HS256\"\nsigning_key = {:?}\n",
+        files[0].to_str().unwrap()
+    )
+}
+
+/// `POST /.auth/logout` (`?all=1`: everywhere) as an API client with `cookie`; asserts that it
+/// logged someone out.
+pub async fn logout(gw: &TestGateway, cookie: &str, all: bool) {
+    let r = client()
+        .post(gw.url(if all {
+            "/.auth/logout?all=1"
+        } else {
+            "/.auth/logout"
+        }))
+        .header("cookie", cookie)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["was_logged_in"], true, "{v}");
+}
+
 /// A route section: everything under `/` to `upstream`, public.
 pub fn public_route(upstream: &str) -> String {
     format!("[[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\naccess = \"public\"\n")
