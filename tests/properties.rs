@@ -12,122 +12,12 @@ use authgate::pipeline::route::{host_without_port, prefix_matches};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
-// A reference lenient decoder: what a careless app behind the gateway might make of a path.
+// A reference lenient decoder: what a careless app behind the gateway might make of a path. One
+// copy, shared with the fuzz targets.
 
-/// Percent-decodes like a lenient server: `%XX` is a byte, `%uXXXX` (IIS) a code point,
-/// anything malformed stays; the bytes are read as UTF-8 without refusing overlong forms
-/// (`%c0%ae` reads as `.`).
-fn lenient_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut bytes = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if let (Some(h), Some(l)) = (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            ) {
-                bytes.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-            if matches!(b.get(i + 1), Some(b'u' | b'U'))
-                && b.len() >= i + 6
-                && b[i + 2..i + 6].iter().all(u8::is_ascii_hexdigit)
-            {
-                // Four hex digits exactly (`from_str_radix` alone would take a sign).
-                if let Ok(cp) = u32::from_str_radix(&s[i + 2..i + 6], 16) {
-                    let ch = char::from_u32(cp).unwrap_or('\u{fffd}');
-                    let mut tmp = [0u8; 4];
-                    bytes.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
-                    i += 6;
-                    continue;
-                }
-            }
-        }
-        bytes.push(b[i]);
-        i += 1;
-    }
-    lenient_utf8(&bytes)
-}
-
-/// UTF-8 read without the overlong check, as old or careless decoders do.
-fn lenient_utf8(b: &[u8]) -> String {
-    let mut out = String::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        let (n, init) = match c {
-            0x00..=0x7f => (0, c as u32),
-            0xc0..=0xdf => (1, (c & 0x1f) as u32),
-            0xe0..=0xef => (2, (c & 0x0f) as u32),
-            0xf0..=0xf7 => (3, (c & 0x07) as u32),
-            _ => {
-                out.push('\u{fffd}');
-                i += 1;
-                continue;
-            }
-        };
-        let mut cp = init;
-        let mut ok = true;
-        for k in 1..=n {
-            match b.get(i + k) {
-                Some(&cc) if cc & 0xc0 == 0x80 => cp = cp << 6 | (cc & 0x3f) as u32,
-                _ => {
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if ok {
-            out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
-            i += n + 1;
-        } else {
-            out.push('\u{fffd}');
-            i += 1;
-        }
-    }
-    out
-}
-
-/// What a lenient app makes of a decoded path: `\` is `/`, `?` and `#` end it, `;params` are
-/// dropped from every segment, dot segments are resolved (clamped at the root).
-fn lenient_resolve(s: &str) -> String {
-    let s = s.replace('\\', "/");
-    let s = s.split(['?', '#']).next().unwrap_or("");
-    let segs: Vec<&str> = s.split('/').collect();
-    let last = segs.len().saturating_sub(1);
-    let mut out: Vec<&str> = Vec::new();
-    let mut trailing = false;
-    for (i, seg) in segs.iter().enumerate().skip(1) {
-        let name = seg.split(';').next().unwrap_or("");
-        trailing = i == last && matches!(name, "" | "." | "..");
-        match name {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            n => out.push(n),
-        }
-    }
-    let mut p: String = out.iter().flat_map(|s| ["/", s]).collect();
-    if p.is_empty() || trailing {
-        p.push('/');
-    }
-    p
-}
-
-/// The path as read undecoded, decoded once and decoded twice, each resolved leniently.
-fn lenient_readings(p: &str) -> [String; 3] {
-    let once = lenient_decode(p);
-    let twice = lenient_decode(&once);
-    [
-        lenient_resolve(p),
-        lenient_resolve(&once),
-        lenient_resolve(&twice),
-    ]
-}
+#[path = "../fuzz/fuzz_targets/common.rs"]
+mod common;
+use common::lenient_readings;
 
 /// What the gateway would see of `s` as a request target's path (an `http::Uri` refuses much).
 fn as_request_path(s: &str) -> Option<String> {
