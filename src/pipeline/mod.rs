@@ -419,7 +419,12 @@ pub fn host_value_ok(b: &[u8]) -> bool {
     }
     match port.strip_prefix(b":") {
         None => port.is_empty(),
-        Some(p) => !p.is_empty() && p.len() <= 5 && p.iter().all(u8::is_ascii_digit),
+        Some(p) => {
+            !p.is_empty()
+                && p.len() <= 5
+                && p.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok())
+        }
     }
 }
 
@@ -803,6 +808,8 @@ mod tests {
             "[::1",
             "[zz]:1",
             "a.com@b.com",
+            "a.com:65536",
+            "a.com:99999",
         ] {
             assert!(!host_header_ok(&hosts(&[bad])), "{bad}");
         }
