@@ -532,7 +532,7 @@ async fn tunnel_idle_past_tunnel_idle_timeout_is_closed_and_a_talking_one_is_not
     let mut idle = ws_open(gw.addr, None).await;
     let mut talking = ws_open(gw.addr, None).await;
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(3500) {
+    while start.elapsed() < Duration::from_millis(4500) {
         ws_echo(&mut talking, "ping").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
