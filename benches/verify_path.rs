@@ -146,17 +146,21 @@ fn conn() -> ConnInfo {
     )
 }
 
-fn bench_headers(c: &mut Criterion) {
-    let (rt, live) = runtime("");
-    let id = live
-        .sessions
+/// A session for alice in the (memory) store, as a login makes it.
+fn alice_session(rt: &Runtime, live: &Live) -> String {
+    live.sessions
         .create(
             Arc::from("alice"),
             rt.users.get("alice").unwrap().password_version,
         )
         .now_or_never()
         .expect("the memory store answers at once")
-        .unwrap();
+        .unwrap()
+}
+
+fn bench_headers(c: &mut Criterion) {
+    let (rt, live) = runtime("");
+    let id = alice_session(&rt, &live);
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
     let auth = authgate::auth::authenticate(&rt, &live, &request("/", &cookie).headers().clone())
         .unwrap()
@@ -231,15 +235,7 @@ fn bench_headers(c: &mut Criterion) {
 
 fn bench_decision(c: &mut Criterion) {
     let (rt, live) = runtime("");
-    let id = live
-        .sessions
-        .create(
-            Arc::from("alice"),
-            rt.users.get("alice").unwrap().password_version,
-        )
-        .now_or_never()
-        .expect("the memory store answers at once")
-        .unwrap();
+    let id = alice_session(&rt, &live);
     let cookie = COOKIE_HEADER.replace("REPLACE_ME_WITH_SESSION_ID_OF_43_CHARACTERS", &id);
     let rid = HeaderValue::from_static("0000000000000001");
     let conn = conn();

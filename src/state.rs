@@ -184,6 +184,15 @@ impl Runtime {
         })
     }
 
+    /// The JWT verifier's clock leeway in seconds (0 outside JWT mode).
+    pub fn jwt_leeway_secs(&self) -> u64 {
+        self.config
+            .auth
+            .jwt
+            .as_ref()
+            .map_or(0, |j| j.leeway.as_secs())
+    }
+
     /// Whether `Authorization: Bearer` tokens are accepted.
     pub fn bearer_enabled(&self) -> bool {
         self.config.auth.mode == AuthMode::Jwt

@@ -84,6 +84,14 @@ async fn within(gw: &TestGateway, cookie: &str, want: u16, bound: Duration) -> D
     }
 }
 
+/// Two gateways on one configuration (one store), both ready.
+async fn two_gateways(cfg: &str) -> (TestGateway, TestGateway) {
+    let (a, b) = (TestGateway::start(cfg).await, TestGateway::start(cfg).await);
+    until_ready(&a).await;
+    until_ready(&b).await;
+    (a, b)
+}
+
 const PROPAGATION_BOUND: Duration = Duration::from_millis(500);
 
 #[tokio::test]
@@ -158,12 +166,7 @@ async fn jwt_revocations_and_sign_out_everywhere_are_shared() {
     let keys = tempfile::tempdir().unwrap();
     let jwt = jwt_section(keys.path());
     let cfg = config(&up, &r, &jwt);
-    let (a, b) = (
-        TestGateway::start(&cfg).await,
-        TestGateway::start(&cfg).await,
-    );
-    until_ready(&a).await;
-    until_ready(&b).await;
+    let (a, b) = two_gateways(&cfg).await;
     let t1 = login_json(&a, "alice", PASSWORD).await;
     expect_ok(&b, &t1).await;
     logout(&b, &t1, false).await;
@@ -325,12 +328,7 @@ async fn logout_propagation_over_many_logouts_stays_within_the_bound() {
     let r = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&up, &r, "");
-    let (a, b) = (
-        TestGateway::start(&cfg).await,
-        TestGateway::start(&cfg).await,
-    );
-    until_ready(&a).await;
-    until_ready(&b).await;
+    let (a, b) = two_gateways(&cfg).await;
     let mut took = Vec::new();
     for _ in 0..1000 {
         let c = login_json(&a, "alice", PASSWORD).await;
@@ -373,12 +371,7 @@ async fn repeated_requests_are_answered_from_l1_without_redis_round_trips() {
     let r = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&up, &r, "");
-    let (a, b) = (
-        TestGateway::start(&cfg).await,
-        TestGateway::start(&cfg).await,
-    );
-    until_ready(&a).await;
-    until_ready(&b).await;
+    let (a, b) = two_gateways(&cfg).await;
     let alice = login_json(&a, "alice", PASSWORD).await;
     // The first request on B reads the session once.
     expect_ok(&b, &alice).await;
@@ -667,12 +660,7 @@ async fn a_tunnel_ends_when_its_session_is_logged_out_on_another_instance() {
     let r = RedisServer::start();
     let up = Upstream::start().await;
     let cfg = config(&up, &r, "").replace("path_prefix = \"/app\"", "path_prefix = \"/ws\"");
-    let (a, b) = (
-        TestGateway::start(&cfg).await,
-        TestGateway::start(&cfg).await,
-    );
-    until_ready(&a).await;
-    until_ready(&b).await;
+    let (a, b) = two_gateways(&cfg).await;
     for all in [false, true] {
         let cookie = login_json(&a, "alice", PASSWORD).await;
         let mut req = format!("ws://{}/ws", a.addr).into_client_request().unwrap();

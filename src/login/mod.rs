@@ -588,12 +588,7 @@ async fn logout_post(
             }
             Credential::Jwt(t) => {
                 let now = unix_now();
-                let leeway = rt
-                    .config
-                    .auth
-                    .jwt
-                    .as_ref()
-                    .map_or(0, |j| j.leeway.as_secs());
+                let leeway = rt.jwt_leeway_secs();
                 live.revocations
                     .revoke_jti(&t.jti, t.exp.saturating_add(leeway), now)
                     .await

@@ -282,12 +282,7 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
                 return false;
             }
             if let TunnelCredential::Bearer(_) = &scope.credential {
-                let leeway = rt
-                    .config
-                    .auth
-                    .jwt
-                    .as_ref()
-                    .map_or(0, |j| j.leeway.as_secs());
+                let leeway = rt.jwt_leeway_secs();
                 if now > vt.exp.saturating_add(leeway) {
                     return false;
                 }
