@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::Gateway;

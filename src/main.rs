@@ -227,7 +227,8 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Through the log queue: a slow stderr consumer never stalls a worker.
+        .with_writer(authgate::telemetry::sink::StderrWriter)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
@@ -281,6 +282,15 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
                 tracing::warn!("public_url is http: cookies are not marked Secure. Use https outside loopback.");
             }
         }
+        // Ends with the shutdown; SIGHUP works with or without it.
+        let _watch = if gw.shared().runtime.load().config.server.watch_config {
+            gw.watch_config()
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot watch the configuration files; reload with SIGHUP"))
+                .ok()
+        } else {
+            None
+        };
         wait_for_signals(&gw, &path).await;
         tracing::info!("shutting down");
         gw.shutdown().await;
@@ -290,6 +300,7 @@ fn serve(path: PathBuf) -> anyhow::Result<i32> {
         w.stop();
     }
     tracing::info!("stopped");
+    authgate::telemetry::sink::stderr().flush(std::time::Duration::from_secs(2));
     result
 }
 
@@ -313,14 +324,12 @@ async fn wait_for_signals(gw: &Gateway, path: &std::path::Path) {
                 // while: off this thread, which also accepts and serves connections.
                 let (shared, path) = (gw.shared().clone(), path.to_owned());
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let config = Config::load(&path).map_err(|e| e.to_string())?;
-                    authgate::server::reload(&shared, config).map_err(|e| e.to_string())
+                    // Errors are logged inside, one line each.
+                    let _ = authgate::server::reload_from_file(&shared, &path);
                 })
                 .await;
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(errors = %e, "reload failed; keeping the old configuration"),
-                    Err(e) => tracing::error!(error = %e, "reload task failed; keeping the old configuration"),
+                if let Err(e) = outcome {
+                    tracing::error!(error = %e, "reload task failed; keeping the old configuration");
                 }
             }
         }

@@ -39,6 +39,12 @@ pub struct Runtime {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Password hash verified for unknown users (equal timing).
     pub dummy_hash: crate::auth::password::PasswordHashKind,
+    /// Metrics, audit and access log: shared by every snapshot of one gateway.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The log format in force (`AUTHGATE_LOG_FORMAT` overrides `[log] format`).
+    pub log_format: crate::config::LogFormat,
+    /// When the HTTPS listener's certificate expires (unix seconds), if there is one.
+    pub tls_not_after: Option<i64>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -51,8 +57,18 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Builds the snapshot: parses keys, certificates and hashes once.
+    /// Builds the snapshot: parses keys, certificates and hashes once. Its telemetry is its
+    /// own and opens no file (a gateway passes its telemetry to [`Runtime::build_with`]).
     pub fn build(config: Config) -> Result<Runtime, ConfigErrors> {
+        let telemetry = crate::telemetry::Telemetry::detached(&config);
+        Runtime::build_with(config, telemetry)
+    }
+
+    /// Builds the snapshot with the gateway's `telemetry` (routes get their metric series).
+    pub fn build_with(
+        config: Config,
+        telemetry: Arc<crate::telemetry::Telemetry>,
+    ) -> Result<Runtime, ConfigErrors> {
         let file = config.source.clone();
         let err = |key: &str, message: String| {
             ConfigErrors(vec![ConfigError {
@@ -114,6 +130,7 @@ impl Runtime {
                 UpstreamTarget::Http { .. } => r.upstream_label.clone(),
             };
             routes.push(Route {
+                metrics: Arc::new(telemetry.metrics.route(&r.name)),
                 config: r.clone(),
                 label: Arc::from(format!("routes[{}]→{target}", r.index)),
                 pool,
@@ -171,7 +188,14 @@ impl Runtime {
             }
         }
         let dummy_hash = crate::auth::password::dummy_hash_like(users.iter().map(|u| &u.hash));
+        let tls_not_after = match &config.server.tls {
+            Some(t) => crate::server::tls::certificate_not_after(&t.cert),
+            None => None,
+        };
         Ok(Runtime {
+            log_format: telemetry.format(&config),
+            telemetry,
+            tls_not_after,
             router: Router::new(routes),
             users,
             strip_names: NameSet::new(strip_names),

@@ -6,6 +6,8 @@
   storm --port P ...           paced stream of JSON logins against an authgate (see --help)
   cpu PID                      print the CPU seconds (user + system) used so far by PID and
                                its descendants
+  scrape-metrics --log F ...   find authgate's metrics address in its log, scrape /metrics once
+                               and sum one metric over its labels (JSON result)
   report --raw F --meta F ...  print the result tables and write the JSON file
 """
 
@@ -13,10 +15,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import sys
 import time
+import urllib.request
 
 
 # ---------------------------------------------------------------------------------------- ports
@@ -202,6 +206,90 @@ def cmd_storm(args):
     return 0
 
 
+# ------------------------------------------------------------------------------------- metrics
+
+_METRICS_LINE = "listening (metrics)"
+# `addr=127.0.0.1:9464` (text log) or `"addr":"127.0.0.1:9464"` (JSON log).
+_ADDR_RE = re.compile(r'addr"?\s*[=:]\s*"?(\[[0-9A-Fa-f:.]+\]:\d+|[0-9.]+:\d+)')
+
+
+def _metrics_addr(log, wait):
+    """The address of the `listening (metrics)` line of an authgate log, waiting up to `wait` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(log, errors="replace") as f:
+                for line in f:
+                    if _METRICS_LINE in line:
+                        m = _ADDR_RE.search(line.split(_METRICS_LINE, 1)[1]) or _ADDR_RE.search(line)
+                        if m:
+                            return m.group(1)
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
+
+
+def _sum_metric(text, name):
+    """Sum of every sample of `name` (any labels) in a Prometheus text exposition; (sum, series)."""
+    total, series = 0.0, 0
+    pat = re.compile(r"^" + re.escape(name) + r"(\{.*\})?\s+(\S+)")
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = pat.match(line)
+        if m:
+            try:
+                total += float(m.group(2))
+                series += 1
+            except ValueError:
+                pass
+    return total, series
+
+
+def cmd_scrape_metrics(args):
+    res = {"metric": args.metric, "expect_min": args.expect_min, "addr": None, "total": None,
+           "series": 0, "ok": None, "error": None}
+    addr = _metrics_addr(args.log, args.wait)
+    if addr is None:
+        res["error"] = f"no '{_METRICS_LINE}' line with an addr in {args.log}"
+    elif not (addr.startswith("127.") or addr.startswith("[::1]")):
+        res["error"] = f"metrics address {addr} is not on loopback: not scraped"
+    else:
+        res["addr"] = addr
+        url = f"http://{addr}{args.path}"
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as r:
+                body = r.read().decode("utf-8", "replace")
+                res["http_status"] = r.status
+        except Exception as e:  # noqa: BLE001 — any failure is reported, never fatal
+            res["error"] = f"GET {url}: {e}"
+        else:
+            total, series = _sum_metric(body, args.metric)
+            res["series"] = series
+            if series == 0:
+                res["error"] = f"GET {url}: no {args.metric} sample"
+            else:
+                res["total"] = total
+                res["ok"] = total >= args.expect_min
+    text = json.dumps(res, sort_keys=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print("  " + _metrics_sentence(res))
+    return 0 if res["ok"] else 1
+
+
+def _metrics_sentence(m):
+    if m.get("error"):
+        return f"metrics check: not done ({m['error']})"
+    return (f"metrics check: {m['metric']} summed over {m['series']} series = {m['total']:,.0f}, "
+            f"wrk got {m['expect_min']:,} responses: "
+            + ("ok (>=)" if m["ok"] else "LOW (fewer than wrk's responses)")
+            + f" [{m['addr']}]")
+
+
 # --------------------------------------------------------------------------------------- report
 
 def parse_kv(s):
@@ -308,6 +396,63 @@ def print_table(headers, rows, aligns):
         print(line(r))
 
 
+# (label, A, B, issue 14's bound on A's req/s over B's, or None): A differs from B by one setting.
+COMPARISONS = [
+    ("access log cost", "authgate-session", "authgate-nolog", 0.97),
+    ("metrics cost", "authgate-metrics", "authgate-session", 0.98),
+    ("nginx access log", "nginx-proxy-log", "nginx-proxy", None),
+]
+
+
+def compare(runs, rows, phase):
+    """A vs B for each pair of COMPARISONS present in `rows` (summaries of `phase`)."""
+    by = {r["target"]: r for r in rows}
+    out = []
+    for label, a, b, bound in COMPARISONS:
+        ra, rb = by.get(a), by.get(b)
+        if not ra or not rb:
+            continue
+        def ratio(x, y):
+            return x / y if x and y else None
+        def diff(x, y):
+            return x - y if x is not None and y is not None else None
+        # Per round: A and B of the same round ran next to each other.
+        va = {r["round"]: r for r in runs if r["phase"] == phase and r["target"] == a and r["valid"]}
+        vb = {r["round"]: r for r in runs if r["phase"] == phase and r["target"] == b and r["valid"]}
+        per_round = [va[k]["rps"] / vb[k]["rps"] for k in sorted(va) if k in vb and vb[k]["rps"]]
+        c = {
+            "label": label, "phase": phase, "a": a, "b": b,
+            "rps_ratio": ratio(ra["rps"], rb["rps"]),
+            "rps_ratio_per_round": [round(x, 3) for x in per_round],
+            "cpu_a": ra["cpu_us_per_req"], "cpu_b": rb["cpu_us_per_req"],
+            "cpu_ratio": ratio(ra["cpu_us_per_req"], rb["cpu_us_per_req"]),
+            "cpu_extra_us": diff(ra["cpu_us_per_req"], rb["cpu_us_per_req"]),
+            "user_extra_us": diff(ra["user_us_per_req"], rb["user_us_per_req"]),
+            "p50_extra_us": diff(ra["p50_us"], rb["p50_us"]),
+            "bound": bound if phase == "load" else None,
+        }
+        c["within_bound"] = (c["rps_ratio"] >= bound
+                             if c["bound"] is not None and c["rps_ratio"] is not None else None)
+        out.append(c)
+    return out
+
+
+def print_comparisons(comps):
+    def bound_cell(c):
+        if c["bound"] is None:
+            return "-"
+        return f">= {c['bound']:.2f}: " + {True: "yes", False: "NO", None: "?"}[c["within_bound"]]
+    rows = [[c["label"], {"load": "throughput", "latency1": "1 connection"}[c["phase"]],
+             f"{c['a']} / {c['b']}", fmt_num(c["rps_ratio"], 3),
+             " ".join(f"{x:.3f}" for x in c["rps_ratio_per_round"]) or "-",
+             f"{fmt_num(c['cpu_a'], 1)} / {fmt_num(c['cpu_b'], 1)}", fmt_num(c["cpu_ratio"], 3),
+             fmt_num(c["cpu_extra_us"], 2), fmt_num(c["user_extra_us"], 2),
+             fmt_num(c["p50_extra_us"]), bound_cell(c)] for c in comps]
+    print_table(["comparison", "phase", "A / B", "req/s A/B", "per round", "cpu us/req A / B",
+                 "cpu A/B", "+cpu us/req", "+user us/req", "+p50 us", "issue 14 bound (req/s)"],
+                rows, "lllrlrrrrrl")
+
+
 def cmd_report(args):
     meta = load_meta(args.meta)
     runs = load_raw(args.raw)
@@ -316,6 +461,10 @@ def cmd_report(args):
 
     print()
     print(f"machine: nproc={meta.get('nproc')}  cpu: {meta.get('cpu_model')}  kernel: {meta.get('kernel')}")
+    print(f"layout: {meta.get('layout', '?')} ({meta.get('layout_desc', '')})")
+    print(f"authgate: default configuration (access log on) but for authgate-nolog; "
+          f"RUST_LOG {meta.get('authgate_rust_log')}, log format {meta.get('authgate_log_format')}, "
+          f"stderr to a file per instance")
     print(f"settings: duration={meta.get('duration')}s connections={meta.get('connections')} "
           f"wrk_threads={meta.get('threads')} rounds={meta.get('rounds')} pin={meta.get('pin')}"
           + (f" (upstream cpus {meta.get('upstream_cpus')}, server cpus {meta.get('server_cpus')}, "
@@ -373,6 +522,8 @@ def cmd_report(args):
                       f"they are served from the verified-token cache (cache_size={meta.get('jwt_cache_size')}); "
                       f"HAProxy verifies the signature on every request. JWT_CACHE_SIZE=0 turns the cache off.")
 
+    comps = compare(runs, thr, "load") if thr else []
+
     lat = summarize(runs, "latency1", order)
     out["latency_1conn"] = lat
     if lat:
@@ -391,6 +542,43 @@ def cmd_report(args):
         for r in lat:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
+
+    comps += compare(runs, lat, "latency1") if lat else []
+    out["comparisons"] = comps
+    metrics = None
+    if meta.get("metrics_check") and os.path.exists(meta["metrics_check"]):
+        try:
+            with open(meta["metrics_check"]) as f:
+                metrics = json.load(f)
+        except (OSError, ValueError) as e:
+            metrics = {"error": str(e)}
+    out["metrics_check"] = metrics
+    logs = []
+    if meta.get("log_sizes") and os.path.exists(meta["log_sizes"]):
+        with open(meta["log_sizes"]) as f:
+            for line in f:
+                if line.strip():
+                    t, rest = line.split(" ", 1)
+                    logs.append({"target": t, **parse_kv(rest)})
+    out["log_sizes"] = logs
+    if comps or metrics or logs or meta.get("skipped"):
+        print()
+        print(f"Access log and metrics, same interleaved run ({meta.get('layout')} layout): "
+              f"A differs from B by one setting")
+        if comps:
+            print_comparisons(comps)
+            print("  req/s A/B: ratio of the medians (per round: A and B of the same round); "
+                  "+cpu/+user/+p50: A minus B; issue 14 asks access log on >= 0.97 of off, "
+                  "metrics on >= 0.98 of off")
+        for l in logs:
+            sent = l.get("sent") or 0
+            print(f"  log of {l['target']}: {l.get('lines', 0):,} lines, {l.get('bytes', 0) / 1048576:,.1f} MiB "
+                  f"for {sent:,} responses to wrk"
+                  + (f" ({l.get('bytes', 0) / sent:,.0f} bytes per response)" if sent else ""))
+        if metrics:
+            print("  " + _metrics_sentence(metrics))
+        if meta.get("skipped"):
+            print(f"  not run: {meta['skipped']}")
 
     base = [r for r in runs if r["phase"] == "storm-base"]
     withs = [r for r in runs if r["phase"] == "storm-with"]
@@ -500,6 +688,17 @@ def main():
     s.add_argument("--timeout", type=float, default=30.0, help="per-login timeout, seconds")
     s.add_argument("--out")
     s.set_defaults(fn=cmd_storm)
+
+    s = sub.add_parser("scrape-metrics",
+                       help="scrape the /metrics of the authgate whose log is --log, sum one metric")
+    s.add_argument("--log", required=True, help="authgate's log (has the 'listening (metrics)' line)")
+    s.add_argument("--metric", default="authgate_http_requests_total")
+    s.add_argument("--expect-min", type=int, default=0, help="the sum must be at least this")
+    s.add_argument("--path", default="/metrics")
+    s.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the log line")
+    s.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout, seconds")
+    s.add_argument("--out", help="write the JSON result here")
+    s.set_defaults(fn=cmd_scrape_metrics)
 
     s = sub.add_parser("report")
     s.add_argument("--raw", required=True)

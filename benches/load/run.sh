@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# authgate load test: authgate (session / HS256 / EdDSA cookies) against a direct nginx upstream,
-# nginx as a plain proxy and HAProxy verifying JWTs (HS256 / ES256), all on 127.0.0.1, interleaved
-# rounds with wrk; then a login storm and the session-memory bench. See benches/load/README.md.
+# authgate load test: authgate (session / HS256 / EdDSA cookies, default configuration: access log
+# on) against a direct nginx upstream, nginx as a plain proxy (access log off and on) and HAProxy
+# verifying JWTs (HS256 / ES256), all on 127.0.0.1, interleaved rounds with wrk; then a login storm
+# and the session-memory bench. See benches/load/README.md.
 #
-#   benches/load/run.sh                 # full run (DURATION=10 CONNECTIONS=64 ROUNDS=3)
+#   benches/load/run.sh                 # full run (DURATION=10 CONNECTIONS=64 ROUNDS=3), layout "default"
 #   QUICK=1 benches/load/run.sh         # smoke check: 3 s runs, 1 round
-#   PIN=1 benches/load/run.sh           # servers and wrk on separate cores (taskset)
+#   PIN=1 benches/load/run.sh           # servers and wrk on separate cores (taskset); on 2 cores
+#                                       # layout "one-core-shared": servers + upstream on cpu 0, wrk on cpu 1
 #
 # Every setting is an environment variable; the flags below are shorthands. Every process this
 # script starts is stopped by pid when it exits (normally, on error or on Ctrl-C).
@@ -28,13 +30,22 @@ Environment (flags above set the same variables):
   WARMUP=1             seconds of unrecorded load per target before the rounds (0 = none)
   LAT_DURATION         seconds of the 1-connection latency run per target (default DURATION)
   LAT_ROUNDS           interleaved rounds of the 1-connection runs (default ROUNDS); medians shown
-  PIN=0                1: taskset servers and load generator onto separate cores
+  PIN=0                1: taskset servers and load generator onto separate cores (on 2 cores the
+                       "one-core-shared" layout: servers and upstream on cpu 0, wrk on cpu 1);
+                       0: the "default" layout, nothing pinned
   UPSTREAM_CPUS, SERVER_CPUS, LOAD_CPUS   cpu lists used with PIN=1 (defaults from nproc)
   QUICK=0              1: DURATION=3 ROUNDS=1 WARMUP=1 unless set explicitly
-  TARGETS              subset of: upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256
-                       authgate-session authgate-hs256 authgate-eddsa authgate-redis
-                       authgate-redis-nol1 (session mode on Redis with its L1 cache, and the
-                       oauth2-proxy way: one Redis GET per request, a bench-only switch)
+  TARGETS              subset of: upstream nginx-proxy nginx-proxy-log hyper-floor haproxy-hs256
+                       haproxy-es256 authgate-session authgate-nolog authgate-metrics
+                       authgate-hs256 authgate-eddsa authgate-redis authgate-redis-nol1
+                       (nginx-proxy-log: nginx-proxy with its access log on; authgate-nolog /
+                       authgate-metrics: authgate-session with [log] access_log = false / with
+                       [metrics] listen = "127.0.0.1:0"; authgate-redis / -redis-nol1: session
+                       mode on Redis with its L1 cache, and the oauth2-proxy way: one Redis GET per
+                       request, a bench-only switch). Default: all of them
+  AUTHGATE_RUST_LOG    RUST_LOG of the authgate instances (default: unset, authgate's own default
+                       "info", under which the access log is written; a RUST_LOG in the caller's
+                       environment is not passed on)
   AUTHGATE_WORKERS=1   [server] workers of every authgate instance
   AUTHGATE_RUNTIME=thread-per-core   [server] runtime (or work-stealing)
   JWT_CACHE_SIZE       [auth.jwt] cache_size of the JWT instances (default: authgate's default)
@@ -96,12 +107,15 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 SKIP_INSTALL="${SKIP_INSTALL:-0}"
 KEEP_WORK="${KEEP_WORK:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/target/load}"
-ALL_TARGETS="upstream nginx-proxy hyper-floor haproxy-hs256 haproxy-es256 authgate-session authgate-hs256 authgate-eddsa authgate-redis authgate-redis-nol1"
+AUTHGATE_RUST_LOG="${AUTHGATE_RUST_LOG:-}"
+ALL_TARGETS="upstream nginx-proxy nginx-proxy-log hyper-floor haproxy-hs256 haproxy-es256 authgate-session authgate-nolog authgate-metrics authgate-hs256 authgate-eddsa authgate-redis authgate-redis-nol1"
 TARGETS="${TARGETS:-$ALL_TARGETS}"
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 say() { echo "== $*"; }
 is_uint() { case "$1" in ''|*[!0-9]*) return 1 ;; *) return 0 ;; esac; }
+in_list() { case " $1 " in *" $2 "*) return 0 ;; *) return 1 ;; esac; } # LIST WORD
+drop() { local out="" x; for x in $1; do [ "$x" = "$2" ] || out+="${out:+ }$x"; done; echo "$out"; } # LIST WORD
 for v in DURATION CONNECTIONS ROUNDS WARMUP LAT_DURATION LAT_ROUNDS AUTHGATE_WORKERS LOGIN_CONCURRENCY \
          STORM_CONNECTIONS STORM_GET_RATE; do
   is_uint "${!v}" || die "$v must be a whole number (got '${!v}')"
@@ -137,6 +151,16 @@ if [ "$PIN" = 1 ]; then
 else
   PIN_UP=(); PIN_SRV=(); PIN_LOAD=()
   DEFAULT_THREADS=$(( NPROC / 2 )); [ "$DEFAULT_THREADS" -ge 1 ] || DEFAULT_THREADS=1
+fi
+# The layout's name for the report: "default" (nothing pinned), "one-core-shared" (the servers under
+# test and the upstream share one cpu, wrk elsewhere: PIN=1 on two cores) or "pinned" (any other
+# PIN=1 split, e.g. the upstream on a core of its own with three or more cores).
+if [ "$PIN" != 1 ]; then
+  LAYOUT="default"; LAYOUT_DESC="unpinned: servers, upstream and wrk share all $NPROC cpu(s)"
+elif [ "$UPSTREAM_CPUS" = "$SERVER_CPUS" ] && [ "$(cpu_count "$SERVER_CPUS")" -eq 1 ]; then
+  LAYOUT="one-core-shared"; LAYOUT_DESC="servers and upstream on cpu $SERVER_CPUS, wrk on cpu(s) $LOAD_CPUS"
+else
+  LAYOUT="pinned"; LAYOUT_DESC="upstream on cpu(s) $UPSTREAM_CPUS, servers on cpu(s) $SERVER_CPUS, wrk on cpu(s) $LOAD_CPUS"
 fi
 THREADS="${THREADS:-$DEFAULT_THREADS}"
 is_uint "$THREADS" && [ "$THREADS" -ge 1 ] || die "THREADS must be >= 1"
@@ -222,7 +246,7 @@ CPU_MODEL="$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | 
 KERNEL="$(uname -srm)"
 say "machine: nproc=$NPROC cpu: ${CPU_MODEL:-unknown} kernel: $KERNEL"
 say "settings: DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS ROUNDS=$ROUNDS THREADS=$THREADS PIN=$PIN QUICK=$QUICK"
-if [ "$PIN" = 1 ]; then say "pinning: upstream cpus $UPSTREAM_CPUS, servers cpus $SERVER_CPUS, load cpus $LOAD_CPUS"; fi
+say "layout: $LAYOUT ($LAYOUT_DESC)"
 
 # --------------------------------------------------------------------------- build and tools
 if [ "$SKIP_BUILD" != 1 ]; then
@@ -268,7 +292,7 @@ say "tools: nginx $NGINX_VERSION, haproxy $HAPROXY_VERSION, wrk ${WRK_VERSION:-?
 # --------------------------------------------------------------------------- work dir, keys, users
 WORK="$(mktemp -d /tmp/authgate-load.XXXXXX)"
 chmod 700 "$WORK"
-mkdir -p "$WORK/log" "$WORK/keys" "$WORK/nginx-up" "$WORK/nginx-proxy"
+mkdir -p "$WORK/log" "$WORK/keys" "$WORK/nginx-up" "$WORK/nginx-proxy" "$WORK/nginx-proxy-log"
 RAW="$WORK/raw.txt"; : >"$RAW"
 META="$WORK/meta.txt"
 say "work dir: $WORK"
@@ -295,7 +319,8 @@ EOF
 LOGIN_JSON="{\"username\":\"$BENCH_USER\",\"password\":\"$BENCH_PASSWORD\"}"
 
 # --------------------------------------------------------------------------- ports and configs
-read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES P_FLOOR P_REDIS P_AG_RED P_AG_RED0 <<<"$(python3 "$LIB" ports 12)"
+read -r P_UP P_NGX P_HAP_HS P_HAP_ES P_AG_SESS P_AG_HS P_AG_ED P_AG_ES P_FLOOR P_REDIS P_AG_RED P_AG_RED0 \
+        P_NGX_LOG P_AG_NOLOG P_AG_MET <<<"$(python3 "$LIB" ports 15)"
 
 nginx_common() { # DIR
   cat <<EOF
@@ -322,13 +347,13 @@ http {
 }
 EOF
 } >"$WORK/nginx-up/nginx.conf"
-{
-  nginx_common "$WORK/nginx-proxy"
+nginx_proxy_cfg() { # DIR PORT ACCESS_LOG  (ACCESS_LOG: "off" or a file path)
+  nginx_common "$1"
   cat <<EOF
 http {
-  access_log off;
-  client_body_temp_path $WORK/nginx-proxy/body; proxy_temp_path $WORK/nginx-proxy/proxy;
-  fastcgi_temp_path $WORK/nginx-proxy/fastcgi; uwsgi_temp_path $WORK/nginx-proxy/uwsgi; scgi_temp_path $WORK/nginx-proxy/scgi;
+  access_log $3;
+  client_body_temp_path $1/body; proxy_temp_path $1/proxy;
+  fastcgi_temp_path $1/fastcgi; uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;
   keepalive_requests 100000000;
   keepalive_timeout 120s;
   upstream up {
@@ -337,7 +362,7 @@ http {
     keepalive_requests 100000000;
   }
   server {
-    listen 127.0.0.1:$P_NGX;
+    listen 127.0.0.1:$2;
     location / {
       proxy_pass http://up;
       proxy_http_version 1.1;
@@ -346,7 +371,11 @@ http {
   }
 }
 EOF
-} >"$WORK/nginx-proxy/nginx.conf"
+}
+nginx_proxy_cfg "$WORK/nginx-proxy" "$P_NGX" off >"$WORK/nginx-proxy/nginx.conf"
+# nginx's default access log: the "combined" format, no buffer= (one write per request).
+NGX_ACCESS_LOG="$WORK/nginx-proxy-log/access.log"
+nginx_proxy_cfg "$WORK/nginx-proxy-log" "$P_NGX_LOG" "$NGX_ACCESS_LOG" >"$WORK/nginx-proxy-log/nginx.conf"
 
 haproxy_cfg() { # PORT ALG KEY  (KEY: the secret for HS256, a public key PEM path otherwise)
   cat <<EOF
@@ -383,9 +412,6 @@ workers = $AUTHGATE_WORKERS
 runtime = "$AUTHGATE_RUNTIME"
 shutdown_grace = "1s"
 
-[log]
-access_log = false
-
 [auth]
 mode = "$2"
 users_file = "users.toml"
@@ -413,44 +439,69 @@ upstream = "http://127.0.0.1:$P_UP"
 access = "authenticated"
 EOF
 }
+# The default configuration ([log] access_log on); the two variants differ by one section each.
 authgate_cfg "$P_AG_SESS" session >"$WORK/authgate-session.toml"
+{ authgate_cfg "$P_AG_NOLOG" session; printf '\n[log]\naccess_log = false\n'; } >"$WORK/authgate-nolog.toml"
+{ authgate_cfg "$P_AG_MET" session; printf '\n[metrics]\nlisten = "127.0.0.1:0"\n'; } >"$WORK/authgate-metrics.toml"
 redis_store() { printf '\n[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:%s/0"\nkey_prefix = "bench:"\n' "$P_REDIS"; }
 { authgate_cfg "$P_AG_RED" session; redis_store; } >"$WORK/authgate-redis.toml"
 { authgate_cfg "$P_AG_RED0" session; redis_store; } >"$WORK/authgate-redis-nol1.toml"
 authgate_cfg "$P_AG_HS" jwt HS256 "keys/hs.secret" >"$WORK/authgate-hs256.toml"
 authgate_cfg "$P_AG_ED" jwt EdDSA "keys/ed.pem" >"$WORK/authgate-eddsa.toml"
 authgate_cfg "$P_AG_ES" jwt ES256 "keys/es.pem" >"$WORK/authgate-es256-mint.toml"
-for f in authgate-session authgate-hs256 authgate-eddsa authgate-es256-mint authgate-redis authgate-redis-nol1; do
+for f in authgate-session authgate-nolog authgate-hs256 authgate-eddsa authgate-es256-mint authgate-redis authgate-redis-nol1; do
   "$AG" check-config --config "$WORK/$f.toml" >/dev/null 2>"$WORK/log/$f.check" \
     || { cat "$WORK/log/$f.check" >&2; die "authgate check-config failed for $f"; }
 done
+# An authgate without [metrics] support refuses the section: the metrics target is then left out
+# (with a warning and a line in the report) rather than failing the whole run.
+AVAILABLE="$ALL_TARGETS"; SKIPPED=""
+if ! "$AG" check-config --config "$WORK/authgate-metrics.toml" >/dev/null 2>"$WORK/log/authgate-metrics.check"; then
+  echo "WARNING: this authgate refuses the [metrics] section; authgate-metrics is left out:" >&2
+  sed 's/^/  /' "$WORK/log/authgate-metrics.check" >&2
+  SKIPPED="authgate-metrics: config refused: $(tr '\n' ' ' <"$WORK/log/authgate-metrics.check")"
+  AVAILABLE="$(drop "$AVAILABLE" authgate-metrics)"; TARGETS="$(drop "$TARGETS" authgate-metrics)"
+  [ -n "$TARGETS" ] || die "no target left to load"
+fi
 nginx -t -q -e "$WORK/log/nginx-t.err" -p "$WORK/nginx-up" -c "$WORK/nginx-up/nginx.conf" || die "nginx upstream config invalid"
 nginx -t -q -e "$WORK/log/nginx-t.err" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf" || die "nginx proxy config invalid"
+nginx -t -q -e "$WORK/log/nginx-t.err" -p "$WORK/nginx-proxy-log" -c "$WORK/nginx-proxy-log/nginx.conf" || die "nginx proxy (access log) config invalid"
 haproxy -c -q -f "$WORK/haproxy-hs256.cfg" || die "haproxy-hs256 config invalid"
 haproxy -c -q -f "$WORK/haproxy-es256.cfg" || die "haproxy-es256 config invalid"
 
 # --------------------------------------------------------------------------- start servers
-say "starting servers on 127.0.0.1 ports: upstream $P_UP, nginx-proxy $P_NGX, hyper-floor $P_FLOOR, haproxy-hs256 $P_HAP_HS, haproxy-es256 $P_HAP_ES, authgate-session $P_AG_SESS, authgate-hs256 $P_AG_HS, authgate-eddsa $P_AG_ED"
+say "starting servers on 127.0.0.1 ports: upstream $P_UP, nginx-proxy $P_NGX, nginx-proxy-log $P_NGX_LOG, hyper-floor $P_FLOOR, haproxy-hs256 $P_HAP_HS, haproxy-es256 $P_HAP_ES, authgate-session $P_AG_SESS, authgate-nolog $P_AG_NOLOG, authgate-metrics $P_AG_MET, authgate-hs256 $P_AG_HS, authgate-eddsa $P_AG_ED"
+# authgate's stderr (its log, access log included) goes to $WORK/log/NAME.log, as an operator would
+# redirect it; RUST_LOG is authgate's default unless AUTHGATE_RUST_LOG says otherwise.
+if [ -n "$AUTHGATE_RUST_LOG" ]; then AG_ENV=("RUST_LOG=$AUTHGATE_RUST_LOG"); else AG_ENV=(-u RUST_LOG); fi
 mkdir -p "$WORK/redis"
 start redis PIN_UP -- redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK/redis" --logfile ""
 wait_ready redis "$P_REDIS"
 start upstream PIN_UP -- nginx -e "$WORK/nginx-up/error.log" -p "$WORK/nginx-up" -c "$WORK/nginx-up/nginx.conf"
 start nginx-proxy PIN_SRV -- nginx -e "$WORK/nginx-proxy/error.log" -p "$WORK/nginx-proxy" -c "$WORK/nginx-proxy/nginx.conf"
+start nginx-proxy-log PIN_SRV -- nginx -e "$WORK/nginx-proxy-log/error.log" -p "$WORK/nginx-proxy-log" -c "$WORK/nginx-proxy-log/nginx.conf"
 start hyper-floor PIN_SRV -- "$FLOOR" "127.0.0.1:$P_FLOOR" "127.0.0.1:$P_UP"
 start haproxy-hs256 PIN_SRV -- haproxy -db -f "$WORK/haproxy-hs256.cfg"
 start haproxy-es256 PIN_SRV -- haproxy -db -f "$WORK/haproxy-es256.cfg"
-start authgate-session PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-session.toml"
-start authgate-hs256 PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-hs256.toml"
-start authgate-eddsa PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-eddsa.toml"
-start authgate-es256-mint PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-es256-mint.toml"
-start authgate-redis PIN_SRV RUST_LOG=warn -- "$AG" --config "$WORK/authgate-redis.toml"
-start authgate-redis-nol1 PIN_SRV RUST_LOG=warn AUTHGATE_BENCH_REDIS_NO_L1=1 -- "$AG" --config "$WORK/authgate-redis-nol1.toml"
+start authgate-session PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-session.toml"
+start authgate-nolog PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-nolog.toml"
+if in_list "$AVAILABLE" authgate-metrics; then
+  start authgate-metrics PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-metrics.toml"
+fi
+start authgate-hs256 PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-hs256.toml"
+start authgate-eddsa PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-eddsa.toml"
+start authgate-es256-mint PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-es256-mint.toml"
+start authgate-redis PIN_SRV "${AG_ENV[@]}" -- "$AG" --config "$WORK/authgate-redis.toml"
+start authgate-redis-nol1 PIN_SRV "${AG_ENV[@]}" AUTHGATE_BENCH_REDIS_NO_L1=1 -- "$AG" --config "$WORK/authgate-redis-nol1.toml"
 wait_ready upstream "$P_UP"
 wait_ready nginx-proxy "$P_NGX"
+wait_ready nginx-proxy-log "$P_NGX_LOG"
 wait_ready hyper-floor "$P_FLOOR"
 wait_ready haproxy-hs256 "$P_HAP_HS"
 wait_ready haproxy-es256 "$P_HAP_ES"
 wait_ready authgate-session "$P_AG_SESS"
+wait_ready authgate-nolog "$P_AG_NOLOG"
+if in_list "$AVAILABLE" authgate-metrics; then wait_ready authgate-metrics "$P_AG_MET"; fi
 wait_ready authgate-hs256 "$P_AG_HS"
 wait_ready authgate-eddsa "$P_AG_ED"
 wait_ready authgate-es256-mint "$P_AG_ES"
@@ -461,7 +512,8 @@ wait_ready authgate-redis-nol1 "$P_AG_RED0"
 # tokio-rt-worker threads (work-stealing; blocking-pool threads share that name but none exist
 # before the first login).
 AG_THREADS=""
-for n in authgate-session authgate-hs256 authgate-eddsa authgate-redis authgate-redis-nol1; do
+for n in $AVAILABLE; do
+  case "$n" in authgate-*) ;; *) continue ;; esac
   pv="PID_${n//-/_}"
   comms="$(ps -T -p "${!pv}" -o comm=)"
   if [ "$AUTHGATE_RUNTIME" = work-stealing ] && [ "$AUTHGATE_WORKERS" != 1 ]; then
@@ -485,22 +537,28 @@ login_cookie() { # PORT -> cookie value on stdout
   printf '%s\n' "$hdrs" | sed -n 's/^[Ss]et-[Cc]ookie: authgate=\([^;]*\).*/\1/p' | head -1
 }
 SESSION_COOKIE="$(login_cookie "$P_AG_SESS")"
+NOLOG_COOKIE="$(login_cookie "$P_AG_NOLOG")"
+METRICS_COOKIE="-"
+if in_list "$AVAILABLE" authgate-metrics; then METRICS_COOKIE="$(login_cookie "$P_AG_MET")"; fi
 HS_TOKEN="$(login_cookie "$P_AG_HS")"
 ED_TOKEN="$(login_cookie "$P_AG_ED")"
 ES_TOKEN="$(login_cookie "$P_AG_ES")"
 # Both Redis instances share the store: a session made on one is valid on the other.
 REDIS_COOKIE="$(login_cookie "$P_AG_RED")"
-for v in SESSION_COOKIE HS_TOKEN ED_TOKEN ES_TOKEN REDIS_COOKIE; do [ -n "${!v}" ] || die "no authgate cookie for $v"; done
+for v in SESSION_COOKIE NOLOG_COOKIE METRICS_COOKIE HS_TOKEN ED_TOKEN ES_TOKEN REDIS_COOKIE; do [ -n "${!v}" ] || die "no authgate cookie for $v"; done
 stop_pid "$PID_authgate_es256_mint"   # only needed to mint the ES256 token for HAProxy
 keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$PID_authgate_es256_mint" ] || keep+=("$p"); done; PIDS=("${keep[@]}")
 
 declare -A URL COOKIE
 URL[upstream]="http://127.0.0.1:$P_UP/";             COOKIE[upstream]=""
 URL[nginx-proxy]="http://127.0.0.1:$P_NGX/";         COOKIE[nginx-proxy]=""
+URL[nginx-proxy-log]="http://127.0.0.1:$P_NGX_LOG/"; COOKIE[nginx-proxy-log]=""
 URL[hyper-floor]="http://127.0.0.1:$P_FLOOR/";       COOKIE[hyper-floor]=""
 URL[haproxy-hs256]="http://127.0.0.1:$P_HAP_HS/";    COOKIE[haproxy-hs256]="$HS_TOKEN"
 URL[haproxy-es256]="http://127.0.0.1:$P_HAP_ES/";    COOKIE[haproxy-es256]="$ES_TOKEN"
 URL[authgate-session]="http://127.0.0.1:$P_AG_SESS/"; COOKIE[authgate-session]="$SESSION_COOKIE"
+URL[authgate-nolog]="http://127.0.0.1:$P_AG_NOLOG/";  COOKIE[authgate-nolog]="$NOLOG_COOKIE"
+URL[authgate-metrics]="http://127.0.0.1:$P_AG_MET/";  COOKIE[authgate-metrics]="$METRICS_COOKIE"
 URL[authgate-hs256]="http://127.0.0.1:$P_AG_HS/";     COOKIE[authgate-hs256]="$HS_TOKEN"
 URL[authgate-eddsa]="http://127.0.0.1:$P_AG_ED/";     COOKIE[authgate-eddsa]="$ED_TOKEN"
 URL[authgate-redis]="http://127.0.0.1:$P_AG_RED/";     COOKIE[authgate-redis]="$REDIS_COOKIE"
@@ -523,7 +581,7 @@ code_of() { # URL [COOKIE]
 }
 say "sanity checks"
 fail=0
-for t in $ALL_TARGETS; do
+for t in $AVAILABLE; do
   url="${URL[$t]}"; ck="${COOKIE[$t]}"
   with="$(code_of "$url" "$ck")"
   line="  $t: with credentials $with"
@@ -564,9 +622,11 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   wait "$pid" || true
   TRANSIENT=()
   cpu1="$(python3 "$LIB" cpu "${!spid}")"
+  line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
+  # Responses wrk got from this target over all phases (warm-up too): checked against its metrics.
+  SENT[$t]=$(( ${SENT[$t]:-0} + $(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$line") + 0 ))
   [ "$phase" != warmup ] || return 0
   case "$t" in authgate-redis*) redis_cmds_after=$(redis_cmds) ;; esac
-  line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
   case "$t" in authgate-redis*)
     [ "$line" = MISSING ] || awk -v t="$t" -v a="$redis_cmds_before" -v b="$redis_cmds_after" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
@@ -593,6 +653,7 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   fi
 }
 
+declare -A SENT
 if [ "$WARMUP" -gt 0 ]; then
   say "warm-up: ${WARMUP}s per target"
   for t in $TARGETS; do run_wrk warmup "$t" 0 "$CONNECTIONS" "$THREADS" "$WARMUP"; done
@@ -605,6 +666,27 @@ done
 say "latency: 1 connection, $LAT_ROUNDS round(s) x [$TARGETS], ${LAT_DURATION}s"
 for r in $(seq 1 "$LAT_ROUNDS"); do
   for t in $TARGETS; do run_wrk latency1 "$t" "$r" 1 1 "$LAT_DURATION"; done
+done
+
+# --------------------------------------------------------------------------- metrics, log sizes
+# One scrape of authgate-metrics after its last run: authgate_http_requests_total (summed over its
+# labels) must be at least the responses wrk got from it. Reported, never fatal.
+METRICS_JSON="$WORK/metrics-check.json"
+if in_list "$TARGETS" authgate-metrics; then
+  say "metrics: one scrape of authgate-metrics (address from its log)"
+  python3 "$LIB" scrape-metrics --log "$WORK/log/authgate-metrics.log" --metric authgate_http_requests_total \
+    --expect-min "${SENT[authgate-metrics]:-0}" --out "$METRICS_JSON" || true
+fi
+# Size of each target's log after the throughput and latency runs: shows the access logs were on.
+LOGSIZES="$WORK/log-sizes.txt"; : >"$LOGSIZES"
+for t in $TARGETS; do
+  case "$t" in
+    authgate-*) f="$WORK/log/$t.log" ;;
+    nginx-proxy-log) f="$NGX_ACCESS_LOG" ;;
+    *) continue ;;
+  esac
+  if [ -e "$f" ]; then lines="$(wc -l <"$f")"; bytes="$(wc -c <"$f")"; else lines=0; bytes=0; fi
+  echo "$t lines=$lines bytes=$bytes sent=${SENT[$t]:-0}" >>"$LOGSIZES"
 done
 
 # --------------------------------------------------------------------------- login storm
@@ -677,6 +759,10 @@ fi
   echo "nproc=$NPROC"; echo "cpu_model=$CPU_MODEL"; echo "kernel=$KERNEL"
   echo "duration=$DURATION"; echo "lat_duration=$LAT_DURATION"; echo "lat_rounds=$LAT_ROUNDS"; echo "connections=$CONNECTIONS"
   echo "threads=$THREADS"; echo "rounds=$ROUNDS"; echo "warmup=$WARMUP"; echo "pin=$PIN"
+  echo "layout=$LAYOUT"; echo "layout_desc=$LAYOUT_DESC"
+  echo "authgate_rust_log=${AUTHGATE_RUST_LOG:-unset: authgate default, info}"
+  echo "authgate_log_format=${AUTHGATE_LOG_FORMAT:-config (default text)}"
+  echo "skipped=$SKIPPED"; echo "metrics_check=$METRICS_JSON"; echo "log_sizes=$LOGSIZES"
   echo "upstream_cpus=$UPSTREAM_CPUS"; echo "server_cpus=$SERVER_CPUS"; echo "load_cpus=$LOAD_CPUS"
   echo "targets=$TARGETS"; echo "authgate_workers=$AUTHGATE_WORKERS"; echo "authgate_runtime=$AUTHGATE_RUNTIME"; echo "authgate_threads=$AG_THREADS"
   echo "jwt_cache_size=${JWT_CACHE_SIZE:-default}"; echo "hash_pool=${HASH_POOL:-default (one per core, max 4)}"

@@ -123,6 +123,13 @@ pub enum JwtError {
     Sign(String),
 }
 
+impl JwtError {
+    /// Whether the token was genuine but past its time (`exp` or the session lifetime).
+    pub fn is_expiry(&self) -> bool {
+        matches!(self, JwtError::Expired | JwtError::TooOld)
+    }
+}
+
 /// The claims the gateway relies on, from a verified token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedToken {
@@ -1290,6 +1297,8 @@ impl moka::Expiry<u64, CacheEntry> for UntilExpiry {
 pub struct TokenCache {
     cache: moka::sync::Cache<u64, CacheEntry>,
     hasher: foldhash::quality::RandomState,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for TokenCache {
@@ -1310,6 +1319,8 @@ impl TokenCache {
         TokenCache {
             cache,
             hasher: foldhash::quality::RandomState::default(),
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 
@@ -1328,10 +1339,13 @@ impl TokenCache {
         let key = std::hash::BuildHasher::hash_one(&self.hasher, token.as_bytes());
         if let Some(hit) = self.cache.get(&key) {
             if hit.generation == keys.generation && *hit.raw == *token {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 keys.check_times(&hit.token, now, max_lifetime)?;
                 return Ok(hit.token);
             }
         }
+        self.misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let verified = Arc::new(keys.verify(token, now, max_lifetime)?);
         let deadline = verified
             .exp
@@ -1352,6 +1366,12 @@ impl TokenCache {
     /// Drops every entry (e.g. on key reload).
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();
+    }
+
+    /// Lookups that found a verified token, and those that had to verify one (metrics).
+    pub fn lookups(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
     }
 
     /// Approximate number of cached tokens (for metrics).

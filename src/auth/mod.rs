@@ -71,20 +71,53 @@ pub fn authenticate(
     live: &Live,
     headers: &HeaderMap,
 ) -> Result<Option<Authenticated>, StoreUnavailable> {
+    use crate::telemetry::metrics::{AuthResult as R, Mechanism as M};
+    let m = &rt.telemetry.metrics;
+    let cookie_mech = match rt.config.auth.mode {
+        AuthMode::Session => M::Session,
+        AuthMode::Jwt => M::Jwt,
+    };
     let Some(src) = credential_source(rt, headers) else {
+        m.auth(cookie_mech, R::Missing);
         return Ok(None);
     };
+    let mech = match src {
+        Source::Cookie(_) => cookie_mech,
+        Source::Bearer(_) => M::Bearer,
+    };
+    let outcome = |r: R| m.auth(mech, r);
     Ok(match rt.config.auth.mode {
         AuthMode::Session => {
             let Source::Cookie(v) = src else {
+                outcome(R::Missing);
                 return Ok(None);
             };
-            let Some(s) = live.sessions.get(v)? else {
-                return Ok(None);
+            let s = match live.sessions.lookup_detailed(v) {
+                Ok(session::Lookup::Found(s)) => s,
+                Ok(session::Lookup::Missing) => {
+                    outcome(R::Invalid);
+                    return Ok(None);
+                }
+                Ok(session::Lookup::Expired) => {
+                    outcome(R::Expired);
+                    let mut e = crate::telemetry::audit::AuditEvent::new(
+                        crate::telemetry::audit::AuditKind::SessionExpired,
+                        "info",
+                    );
+                    e.credential = Some(crate::telemetry::audit::credential_hash("s", v));
+                    rt.telemetry.audit.emit(e);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    outcome(R::StoreUnavailable);
+                    return Err(e);
+                }
             };
             let Some(user) = session_user(rt, &s).cloned() else {
+                outcome(R::Revoked);
                 return Ok(None);
             };
+            outcome(R::Ok);
             Some(Authenticated {
                 user,
                 credential: Credential::Session(s),
@@ -104,12 +137,26 @@ pub fn authenticate(
                 Ok(vt) => vt,
                 Err(e) => {
                     tracing::debug!(reason = %e, "jwt rejected");
+                    outcome(if e.is_expiry() {
+                        R::Expired
+                    } else {
+                        R::Invalid
+                    });
                     return Ok(None);
                 }
             };
-            let Some(user) = jwt_user(rt, live, &vt)?.cloned() else {
-                return Ok(None);
+            let user = match jwt_user(rt, live, &vt) {
+                Ok(Some(u)) => u.clone(),
+                Ok(None) => {
+                    outcome(R::Revoked);
+                    return Ok(None);
+                }
+                Err(e) => {
+                    outcome(R::StoreUnavailable);
+                    return Err(e);
+                }
             };
+            outcome(R::Ok);
             let renew = if matches!(src, Source::Cookie(_)) {
                 renew_if_due(rt, &user, &vt, now)
             } else {
@@ -122,6 +169,19 @@ pub fn authenticate(
             })
         }
     })
+}
+
+/// The short hash of a credential the audit stream shows: the session id's (`s:…`, from the
+/// request's cookie) or the token's `jti` (`t:…`).
+pub fn credential_hash(rt: &Runtime, headers: &HeaderMap, c: &Credential) -> Option<String> {
+    use crate::telemetry::audit::credential_hash as h;
+    match c {
+        Credential::Jwt(vt) => Some(h("t", &vt.jti)),
+        Credential::Session(_) => match credential_source(rt, headers)? {
+            Source::Cookie(v) => Some(h("s", v)),
+            Source::Bearer(_) => None,
+        },
+    }
 }
 
 /// The user a (live) session belongs to, if it still may act for them: the user exists in the

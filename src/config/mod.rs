@@ -3,6 +3,7 @@
 //! Every problem is collected (not just the first) and names the file, the key path
 //! (`routes[2].upstream`) and, where toml reports one, the line.
 
+pub mod lines;
 mod raw;
 
 use std::collections::HashSet;
@@ -132,6 +133,35 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// `[store]`: where live state lives.
     pub store: StoreConfig,
+    /// `[metrics]`: the Prometheus listener, if any.
+    pub metrics: MetricsConfig,
+    /// `[audit]`: the audit event stream.
+    pub audit: AuditConfig,
+    /// `auth.users_file`, resolved (watched for changes beside the config file).
+    pub users_file: Option<PathBuf>,
+}
+
+/// Default path of the metrics endpoint (the Prometheus convention).
+pub const DEFAULT_METRICS_PATH: &str = "/metrics";
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where the Prometheus endpoint listens; `None` (the default): no metrics listener at all.
+    pub listen: Option<SocketAddr>,
+    /// Path of the endpoint.
+    pub path: String,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Audit events are written (default on: they are rare and a reviewer asks for them).
+    pub enabled: bool,
+    /// JSON lines appended to this file; `None`: the log stream (stderr), target `audit`.
+    pub file: Option<PathBuf>,
+    /// Key for hashing unknown usernames (32+ bytes in a file); `None`: a random per-process key.
+    pub username_hash_key: Option<Secret>,
 }
 
 /// A secret read from a file or the environment at load: never shown by `Debug`.
@@ -205,6 +235,8 @@ pub struct ServerConfig {
     pub runtime: RuntimeFlavor,
     /// An upgraded tunnel (WebSocket) that carries no byte either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// Edits of this file and of `auth.users_file` are applied without SIGHUP (default on).
+    pub watch_config: bool,
 }
 
 /// `server.runtime`: how worker threads share the work.
@@ -442,6 +474,8 @@ pub enum Access {
 pub struct RouteConfig {
     /// Position in the file (for logs).
     pub index: usize,
+    /// `name`, or `host` + `path_prefix` when absent: the route's label in metrics and logs.
+    pub name: String,
     /// Host matcher.
     pub host: HostMatch,
     /// Path prefix without trailing slash ("" for "/").
@@ -466,6 +500,24 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// Whether TRACE/TRACK requests are forwarded (else 405).
     pub allow_trace: bool,
+}
+
+/// A route name usable as a metrics label value and a log field as is.
+fn route_name_ok(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:*".contains(&b))
+}
+
+/// The name of a route without `name`: its host (if any) and path prefix, e.g.
+/// `app.example.com/api` or `/`.
+fn default_route_name(host: &HostMatch, prefix: &str) -> String {
+    let prefix = if prefix.is_empty() { "/" } else { prefix };
+    match host {
+        HostMatch::Any => prefix.to_string(),
+        HostMatch::Exact(h) => format!("{h}{prefix}"),
+        HostMatch::Suffix(s) => format!("*{s}{prefix}"),
+    }
 }
 
 /// Parses a duration such as `30s`, `15m`, `12h`, `500ms`.
@@ -571,7 +623,7 @@ impl Config {
     /// Validates configuration text; `path` names it in errors and anchors relative paths.
     pub fn from_toml_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = parse_toml(text, path).map_err(|e| ConfigErrors(vec![e]))?;
-        validate(raw, path)
+        validate(raw, path).map_err(|errs| lines::with_lines(errs, text, path))
     }
 }
 
@@ -725,6 +777,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
             DEFAULT_TUNNEL_IDLE_TIMEOUT,
         ),
         workers: raw.server.workers.unwrap_or(0),
+        watch_config: raw.server.watch_config.unwrap_or(true),
         runtime: match raw.server.runtime.as_deref() {
             None | Some("thread-per-core") => RuntimeFlavor::ThreadPerCore,
             Some("work-stealing") => RuntimeFlavor::WorkStealing,
@@ -928,6 +981,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     // routes
     let mut routes = Vec::new();
     let mut seen_routes = HashSet::new();
+    let mut seen_names = HashSet::new();
     if raw.routes.is_empty() {
         c.err("routes", "at least one [[routes]] entry is needed");
     }
@@ -939,11 +993,27 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
                     "duplicate route: another route has the same host and path_prefix",
                 );
             }
+            if !seen_names.insert(route.name.clone()) {
+                c.err(
+                    format!("routes[{i}].name"),
+                    format!(
+                        "duplicate route name {:?}: names label metrics, so each must be unique",
+                        route.name
+                    ),
+                );
+            }
             routes.push(route);
         }
     }
 
     let store = validate_store(raw.store.as_ref(), file, &mut c);
+    let metrics = validate_metrics(raw.metrics.as_ref(), &server, &mut c);
+    let audit = validate_audit(raw.audit.as_ref(), file, &mut c);
+    let users_file = raw
+        .auth
+        .users_file
+        .as_ref()
+        .map(|uf| resolve_path(file, uf));
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
     }
@@ -956,7 +1026,107 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         users,
         routes,
         store,
+        metrics,
+        audit,
+        users_file,
     })
+}
+
+fn validate_metrics(
+    raw: Option<&raw::RawMetrics>,
+    server: &ServerConfig,
+    c: &mut Collector<'_>,
+) -> MetricsConfig {
+    let Some(raw) = raw else {
+        return MetricsConfig {
+            listen: None,
+            path: DEFAULT_METRICS_PATH.into(),
+        };
+    };
+    let listen = match raw.listen.as_deref() {
+        None => {
+            c.err(
+                "metrics.listen",
+                "missing: the metrics listener's address, e.g. \"127.0.0.1:9464\" (remove [metrics] to turn metrics off)",
+            );
+            None
+        }
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                c.err("metrics.listen", format!("{a:?}: {e} (expected ip:port)"));
+                None
+            }
+        },
+    };
+    if let Some(a) = listen {
+        let public = server
+            .listen
+            .iter()
+            .chain(server.tls.iter().map(|t| &t.listen));
+        for p in public {
+            let same_port = a.port() != 0 && a.port() == p.port();
+            let overlap = a.ip() == p.ip() || a.ip().is_unspecified() || p.ip().is_unspecified();
+            if same_port && overlap {
+                c.err(
+                    "metrics.listen",
+                    format!("{a} overlaps the public listener {p}: metrics are never served on a public listener"),
+                );
+            }
+        }
+    }
+    let path = raw
+        .path
+        .clone()
+        .unwrap_or_else(|| DEFAULT_METRICS_PATH.into());
+    if !path.starts_with('/') || path.contains(['?', '#']) || path.len() > 128 {
+        c.err(
+            "metrics.path",
+            format!("{path:?}: expected an absolute path such as \"/metrics\""),
+        );
+    }
+    MetricsConfig { listen, path }
+}
+
+/// Bytes the audit username-hash key needs at least.
+const MIN_AUDIT_KEY_BYTES: usize = 32;
+
+fn validate_audit(raw: Option<&raw::RawAudit>, file: &Path, c: &mut Collector<'_>) -> AuditConfig {
+    let Some(raw) = raw else {
+        return AuditConfig {
+            enabled: true,
+            file: None,
+            username_hash_key: None,
+        };
+    };
+    let username_hash_key = raw.username_hash_key_file.as_ref().and_then(|p| {
+        let path = resolve_path(file, p);
+        match std::fs::read_to_string(&path) {
+            Ok(k) if k.trim().len() >= MIN_AUDIT_KEY_BYTES => Some(Secret(k.trim().to_string())),
+            Ok(_) => {
+                c.err(
+                    "audit.username_hash_key_file",
+                    format!(
+                        "{}: the key must hold at least {MIN_AUDIT_KEY_BYTES} bytes",
+                        path.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                c.err(
+                    "audit.username_hash_key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        }
+    });
+    AuditConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        file: raw.file.as_ref().map(|p| resolve_path(file, p)),
+        username_hash_key,
+    }
 }
 
 fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_>) -> StoreConfig {
@@ -1466,8 +1636,23 @@ fn validate_route(
     if c.errors.len() != before {
         return None;
     }
+    let name = match &r.name {
+        Some(n) => {
+            if !route_name_ok(n) {
+                c.err(
+                    key("name"),
+                    format!(
+                        "{n:?}: use 1 to 64 of A-Z a-z 0-9 - _ . / : * (it is a metrics label)"
+                    ),
+                );
+            }
+            n.clone()
+        }
+        None => default_route_name(&host, &path_prefix),
+    };
     Some(RouteConfig {
         index: i,
+        name,
         host,
         path_prefix,
         upstream,

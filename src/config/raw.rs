@@ -20,6 +20,25 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub store: Option<RawStore>,
+    pub metrics: Option<RawMetrics>,
+    pub audit: Option<RawAudit>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+    pub path: Option<String>,
+}
+
+/// `[audit]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub enabled: Option<bool>,
+    pub file: Option<String>,
+    pub username_hash_key_file: Option<String>,
 }
 
 /// `[store]`
@@ -50,6 +69,7 @@ pub struct RawServer {
     pub workers: Option<usize>,
     pub runtime: Option<String>,
     pub tunnel_idle_timeout: Option<String>,
+    pub watch_config: Option<bool>,
 }
 
 /// `[server.tls]`
@@ -150,6 +170,7 @@ pub struct RawUsersFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    pub name: Option<String>,
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub upstream: String,

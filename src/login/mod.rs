@@ -29,6 +29,9 @@ use crate::error::{wants_html, GatewayError};
 use crate::pipeline::headers::{find_cookie, CookieLookup, X_FORWARDED_FOR};
 use crate::pipeline::ConnInfo;
 use crate::state::{Runtime, Shared};
+use crate::telemetry::audit::{AuditEvent, AuditKind, AuditUser, Origin};
+use crate::telemetry::metrics::LoginResult;
+use crate::telemetry::trace::TraceId;
 
 /// Characters escaped in a query value (everything but unreserved and '/').
 pub const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -49,12 +52,18 @@ const MAX_RD: usize = 2048;
 /// Handles `/.auth/*`.
 pub async fn endpoint(
     shared: &Arc<Shared>,
-    rt: &Arc<Runtime>,
+    rt: &Runtime,
     req: Request<Incoming>,
     conn: &ConnInfo,
     path: &str,
+    request_id: &HeaderValue,
 ) -> Result<Response<Body>, GatewayError> {
     let m = req.method().clone();
+    let origin = || Origin {
+        client: client_ip(rt, req.headers(), conn),
+        request_id: request_id.to_str().ok().map(Box::from),
+        trace_id: TraceId::of(req.headers()),
+    };
     match path {
         "/.auth/health" => get_only(&m).map(|_| text(StatusCode::OK, "ok")),
         "/.auth/ready" => get_only(&m).map(|_| {
@@ -69,12 +78,28 @@ pub async fn endpoint(
         }),
         "/.auth/login" => match m {
             Method::GET | Method::HEAD => Ok(login_get(rt, &req)),
-            Method::POST => login_post(shared, rt, req, conn).await,
+            Method::POST => {
+                let o = origin();
+                let start = std::time::Instant::now();
+                let r = login_post(shared, rt, req, &o).await;
+                rt.telemetry
+                    .metrics
+                    .login(login_result(&r), start.elapsed());
+                if let Err(GatewayError::CrossSite | GatewayError::CsrfToken) = &r {
+                    let mut e = AuditEvent::from(AuditKind::Login, "failure", &o);
+                    e.reason = Some("csrf");
+                    rt.telemetry.audit.emit(e);
+                }
+                r
+            }
             _ => Err(GatewayError::MethodNotAllowed),
         },
         "/.auth/logout" => match m {
             Method::GET | Method::HEAD => Ok(logout_get(rt, &req)),
-            Method::POST => logout_post(shared, rt, req).await,
+            Method::POST => {
+                let o = origin();
+                logout_post(shared, rt, req, &o).await
+            }
             _ => Err(GatewayError::MethodNotAllowed),
         },
         "/.auth/me" => {
@@ -404,15 +429,46 @@ fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
     peer
 }
 
+/// How a login attempt ended, for the metrics.
+fn login_result(r: &Result<Response<Body>, GatewayError>) -> LoginResult {
+    match r {
+        Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => LoginResult::BadCredentials,
+        Ok(_) => LoginResult::Ok,
+        Err(GatewayError::TooManyRequests { .. }) => LoginResult::RateLimited,
+        Err(GatewayError::CrossSite | GatewayError::CsrfToken) => LoginResult::Csrf,
+        Err(GatewayError::StoreUnavailable) => LoginResult::StoreUnavailable,
+        Err(_) => LoginResult::Invalid,
+    }
+}
+
+/// Emits a login event about `username` (shown only if `known`).
+fn audit_login(
+    rt: &Runtime,
+    o: &Origin,
+    kind: AuditKind,
+    outcome: &'static str,
+    reason: Option<&'static str>,
+    username: &str,
+    known: bool,
+) {
+    let audit = &rt.telemetry.audit;
+    if audit.enabled() {
+        let mut e = AuditEvent::from(kind, outcome, o);
+        e.reason = reason;
+        e.user = Some(audit.user(username, known));
+        audit.emit(e);
+    }
+}
+
 async fn login_post(
     shared: &Arc<Shared>,
-    rt: &Arc<Runtime>,
+    rt: &Runtime,
     req: Request<Incoming>,
-    conn: &ConnInfo,
+    o: &Origin,
 ) -> Result<Response<Body>, GatewayError> {
     let kind = body_kind(req.headers())?;
     check_origin(rt, req.headers())?;
-    let ip = client_ip(rt, req.headers(), conn);
+    let ip = o.client;
     let (parts, body) = read_body(req).await?;
     let form = parse_login(&kind, &body)?;
     if matches!(kind, Kind::Form) {
@@ -425,9 +481,25 @@ async fn login_post(
     if form.username.len() > 64 || form.password.len() > 1024 {
         return Err(GatewayError::BadRequest("username or password too long"));
     }
-    check_limit(shared, ip, &form.username).await?;
-
     let user = rt.users.get(&form.username).cloned();
+    let limited = |e: GatewayError| {
+        if let GatewayError::TooManyRequests { .. } = e {
+            audit_login(
+                rt,
+                o,
+                AuditKind::LoginRateLimited,
+                "failure",
+                Some("too_many_failures"),
+                &form.username,
+                user.is_some(),
+            );
+        }
+        e
+    };
+    check_limit(shared, ip, &form.username)
+        .await
+        .map_err(limited)?;
+
     let hash = user
         .as_ref()
         .map_or_else(|| rt.dummy_hash.clone(), |u| u.hash.clone());
@@ -442,7 +514,9 @@ async fn login_post(
     };
     // Check again with a slot in hand: failures recorded while this attempt queued must count, or
     // a burst of concurrent guesses would all pass the check above before any failure is recorded.
-    check_limit(shared, ip, &form.username).await?;
+    check_limit(shared, ip, &form.username)
+        .await
+        .map_err(limited)?;
     let password = form.password;
     let known = user.is_some();
     let (state, username) = (Arc::clone(shared), form.username.clone());
@@ -466,6 +540,20 @@ async fn login_post(
 
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(client = %ip, "login failed");
+        let reason = if known {
+            "bad_password"
+        } else {
+            "unknown_user"
+        };
+        audit_login(
+            rt,
+            o,
+            AuditKind::Login,
+            "failure",
+            Some(reason),
+            &form.username,
+            known,
+        );
         return Ok(match kind {
             Kind::Json => json(
                 StatusCode::UNAUTHORIZED,
@@ -505,6 +593,15 @@ async fn login_post(
             })?,
     };
     tracing::info!(client = %ip, user = %user.username, "login succeeded");
+    audit_login(
+        rt,
+        o,
+        AuditKind::Login,
+        "success",
+        None,
+        &user.username,
+        true,
+    );
     let mut r = match kind {
         Kind::Json => json(
             StatusCode::OK,
@@ -543,8 +640,9 @@ struct LogoutForm {
 
 async fn logout_post(
     shared: &Arc<Shared>,
-    rt: &Arc<Runtime>,
+    rt: &Runtime,
     req: Request<Incoming>,
+    o: &Origin,
 ) -> Result<Response<Body>, GatewayError> {
     let provenance = check_origin(rt, req.headers())?;
     let all = query_param(req.uri().query(), "all").is_some_and(|v| v == "1" || v == "true");
@@ -611,6 +709,25 @@ async fn logout_post(
             }
         }
         tracing::info!(user = %a.user.username, all, "logout");
+        let audit = &rt.telemetry.audit;
+        let user = AuditUser::Known(a.user.username.to_string());
+        let credential = crate::auth::credential_hash(rt, &parts.headers, &a.credential);
+        let kind = if all {
+            AuditKind::SignOutEverywhere
+        } else {
+            AuditKind::Logout
+        };
+        let mut e = AuditEvent::from(kind, "success", o);
+        e.user = Some(user.clone());
+        e.credential = credential.clone();
+        audit.emit(e);
+        if matches!(a.credential, Credential::Jwt(_)) {
+            let mut e = AuditEvent::from(AuditKind::TokenRevoked, "success", o);
+            e.user = Some(user);
+            e.credential = credential;
+            e.reason = Some(if all { "sign_out_everywhere" } else { "logout" });
+            audit.emit(e);
+        }
     }
     let mut r = if matches!(kind, Ok(Kind::Form)) || browser {
         redirect(&format!("{}/.auth/login", rt.config.server.public_origin))

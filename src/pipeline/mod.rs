@@ -141,19 +141,15 @@ pub struct RequestCtx<'a> {
 }
 
 /// Why the auth phase refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Deny {
     /// No valid credential.
     Unauthenticated,
     /// Valid credential, not allowed on this route.
-    Forbidden,
+    Forbidden(Box<Authenticated>),
     /// The live-state store cannot vouch for the credential right now (503 + Retry-After).
     Unavailable,
 }
-
-/// Route label stored in response extensions for the access log.
-#[derive(Debug, Clone)]
-pub struct RouteLabel(pub Arc<str>);
 
 /// What to do with a request once the synchronous phases have run (borrowing route labels from
 /// the snapshot).
@@ -170,15 +166,15 @@ pub enum Decision<'a> {
         timeout: Duration,
         /// Set-Cookie to add (sliding renewal).
         renew: Option<HeaderValue>,
-        /// For the access log.
-        label: &'a Arc<str>,
+        /// The route (logs, metrics).
+        route: &'a Route,
     },
     /// Answer with `builtin:whoami` (the request has been rewritten as for an upstream).
     Whoami {
         /// Set-Cookie to add.
         renew: Option<HeaderValue>,
-        /// For the access log.
-        label: &'a Arc<str>,
+        /// The route (logs, metrics).
+        route: &'a Route,
     },
     /// A gateway endpoint under `/.auth/`.
     Endpoint(NormPath),
@@ -462,7 +458,7 @@ pub fn auth_phase<B>(
         .map_err(|_| Deny::Unavailable)?
         .ok_or(Deny::Unauthenticated)?;
     if !route.allows(&a.user.username, &a.user.groups) {
-        return Err(Deny::Forbidden);
+        return Err(Deny::Forbidden(Box::new(a)));
     }
     Ok(Some(a))
 }
@@ -472,7 +468,7 @@ pub fn auth_phase<B>(
 pub fn deny_response<B>(rt: &Runtime, req: &Request<B>, path: &str, deny: Deny) -> Response<Body> {
     let html = wants_html(req.headers());
     match deny {
-        Deny::Forbidden => return GatewayError::Forbidden.into_response(html),
+        Deny::Forbidden(_) => return GatewayError::Forbidden.into_response(html),
         Deny::Unavailable => return GatewayError::StoreUnavailable.into_response(html),
         Deny::Unauthenticated => {}
     }
@@ -633,6 +629,18 @@ pub fn decide<'a, B>(
     conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Decision<'a> {
+    decide_noting(rt, live, req, conn, request_id, &mut None)
+}
+
+/// [`decide`], noting in `matched` the route the request matched (for metrics and logs).
+pub fn decide_noting<'a, B>(
+    rt: &'a Runtime,
+    live: &Live,
+    req: &mut Request<B>,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    matched: &mut Option<&'a Route>,
+) -> Decision<'a> {
     let path = match framing_phase(req)
         .and_then(|()| host_phase(req))
         .and_then(|()| normalize_phase(req))
@@ -654,6 +662,7 @@ pub fn decide<'a, B>(
     let Some(route) = rt.router.find(request_host(req), &ctx.path) else {
         return Decision::Respond(GatewayError::NoRoute.into_response(wants_html(req.headers())));
     };
+    *matched = Some(route);
     // TRACE echoes the request, cookies and identity headers included, into a response a page
     // script may read (cross-site tracing); CONNECT asks an origin server to be a forward proxy.
     if (!route.config.allow_trace && is_trace(req.method())) || req.method() == Method::CONNECT {
@@ -667,7 +676,15 @@ pub fn decide<'a, B>(
     ctx.upgrade = ctx.upgrade.filter(|u| http11 && route.allows_upgrade(u));
     let auth = match auth_phase(rt, live, req, route) {
         Ok(a) => a,
-        Err(deny) => return Decision::Respond(deny_response(rt, req, &ctx.path, deny)),
+        Err(deny) => {
+            if !matches!(deny, Deny::Unavailable) {
+                route.metrics.denied();
+            }
+            if let Deny::Forbidden(a) = &deny {
+                audit_denied(rt, req, conn, request_id, route, a);
+            }
+            return Decision::Respond(deny_response(rt, req, &ctx.path, deny));
+        }
     };
     // Before the gateway's cookie is removed: a tunnel keeps what it was opened with.
     let tunnel = ctx
@@ -677,27 +694,25 @@ pub fn decide<'a, B>(
     build_upstream_phase(rt, req, route, &ctx, auth.as_ref());
     let renew = auth.and_then(|a| a.renew);
     match route.config.upstream {
-        UpstreamTarget::Whoami => Decision::Whoami {
-            renew,
-            label: &route.label,
-        },
+        UpstreamTarget::Whoami => Decision::Whoami { renew, route },
         UpstreamTarget::Http { .. } => Decision::Forward {
             pool: route.pool,
             upgrade: ctx.upgrade.zip(tunnel),
             timeout: route.config.timeout,
             renew,
-            label: &route.label,
+            route,
         },
     }
 }
 
 /// Handles one request end to end.
-pub async fn handle(
+pub async fn handle<'r>(
     shared: Arc<Shared>,
-    rt: Arc<Runtime>,
+    rt: &'r Runtime,
     mut req: Request<Incoming>,
     conn: &ConnInfo,
     request_id: HeaderValue,
+    served: &mut Served<'r>,
 ) -> Response<Body> {
     let html = wants_html(req.headers());
     if shared.live.remote && rt.config.auth.mode == crate::config::AuthMode::Session {
@@ -711,19 +726,36 @@ pub async fn handle(
             }
         }
     }
-    match decide(&rt, &shared.live, &mut req, conn, &request_id) {
+    match decide_noting(
+        rt,
+        &shared.live,
+        &mut req,
+        conn,
+        &request_id,
+        &mut served.route,
+    ) {
         Decision::Respond(r) => r,
         Decision::Endpoint(path) => {
+            served.endpoint = true;
             // Boxed: the login endpoints' future is large and would otherwise be part of (and
             // copied with) every proxied request's future.
-            match Box::pin(crate::login::endpoint(&shared, &rt, req, conn, &path)).await {
+            match Box::pin(crate::login::endpoint(
+                &shared,
+                rt,
+                req,
+                conn,
+                &path,
+                &request_id,
+            ))
+            .await
+            {
                 Ok(r) => r,
                 Err(e) => error_response(e, html),
             }
         }
-        Decision::Whoami { renew, label } => {
+        Decision::Whoami { renew, .. } => {
             let mut r = crate::builtin::whoami::respond(&req, conn.peer);
-            finish(&rt, &mut r, renew, label);
+            finish(&mut r, renew);
             r
         }
         Decision::Forward {
@@ -731,31 +763,100 @@ pub async fn handle(
             upgrade,
             timeout,
             renew,
-            label,
+            route,
         } => {
+            let sent = std::time::Instant::now();
             let mut r =
                 match forward::forward(&shared, conn, &rt.upstreams[pool], req, upgrade, timeout)
                     .await
                 {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        route.metrics.upstream_ok(sent.elapsed());
+                        r
+                    }
                     Err(e) => {
-                        tracing::warn!(route = %label, error = %e, "upstream failure");
+                        route.metrics.upstream_error(upstream_error_kind(&e));
+                        tracing::warn!(route = %route.label, error = %e, "upstream failure");
                         error_response(e, html)
                     }
                 };
-            finish(&rt, &mut r, renew, label);
+            finish(&mut r, renew);
             r
         }
     }
 }
 
-fn finish(rt: &Runtime, r: &mut Response<Body>, renew: Option<HeaderValue>, label: &Arc<str>) {
+/// What [`handle`] found out about a request besides its response (for metrics and logs).
+#[derive(Debug, Default)]
+pub struct Served<'r> {
+    /// The route it matched, if any.
+    pub route: Option<&'r Route>,
+    /// Whether a gateway endpoint (`/.auth/…`) answered it.
+    pub endpoint: bool,
+}
+
+impl Served<'_> {
+    /// The metric series the request counts in.
+    pub fn metrics<'m>(
+        &'m self,
+        m: &'m crate::telemetry::metrics::Metrics,
+    ) -> &'m crate::telemetry::metrics::RouteMetrics {
+        match self.route {
+            _ if self.endpoint => m.gateway_route(),
+            Some(r) => &r.metrics,
+            None => m.no_route(),
+        }
+    }
+}
+
+/// Sorts an upstream failure for the metrics. The messages are the gateway's own (see
+/// `upstream.rs`): a failed handshake says so; the kernel's words name a reset.
+fn upstream_error_kind(e: &GatewayError) -> crate::telemetry::metrics::UpstreamErrorKind {
+    use crate::telemetry::metrics::UpstreamErrorKind as K;
+    match e {
+        GatewayError::UpstreamTimeout => K::Timeout,
+        GatewayError::UpstreamConnect(m) if m.starts_with("TLS handshake") => K::Tls,
+        GatewayError::UpstreamConnect(_) => K::Connect,
+        GatewayError::Upstream(m) => {
+            let m = m.to_ascii_lowercase();
+            if m.contains("reset") || m.contains("broken pipe") || m.contains("connection closed") {
+                K::Reset
+            } else {
+                K::Other
+            }
+        }
+        _ => K::Other,
+    }
+}
+
+/// The audit event of an authenticated user refused a route.
+fn audit_denied<B>(
+    rt: &Runtime,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    route: &Route,
+    a: &Authenticated,
+) {
+    use crate::telemetry::audit::{AuditEvent, AuditKind, AuditUser};
+    let audit = &rt.telemetry.audit;
+    if !audit.enabled() {
+        return;
+    }
+    let mut e = AuditEvent::new(AuditKind::AccessDenied, "failure");
+    e.reason = Some("not_allowed");
+    e.user = Some(AuditUser::Known(a.user.username.to_string()));
+    e.client = Some(conn.peer.ip());
+    e.route = Some(route.metrics.name.clone());
+    e.request_id = request_id.to_str().ok().map(Box::from);
+    e.trace_id = crate::telemetry::trace::TraceId::of(req.headers());
+    e.credential = crate::auth::credential_hash(rt, req.headers(), &a.credential);
+    audit.emit(e);
+}
+
+fn finish(r: &mut Response<Body>, renew: Option<HeaderValue>) {
     if let Some(c) = renew {
         r.headers_mut().append(header::SET_COOKIE, c);
-    }
-    if rt.config.log.access_log {
-        // Only the access log reads it (an extension costs two allocations).
-        r.extensions_mut().insert(RouteLabel(label.clone()));
     }
 }
 

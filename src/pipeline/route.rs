@@ -17,6 +17,8 @@ pub struct Route {
     pub pool: usize,
     /// The upstream's `Host` value (`None` for builtins), built once.
     pub host_header: Option<http::HeaderValue>,
+    /// The route's metric series (its name labels them).
+    pub metrics: Arc<crate::telemetry::metrics::RouteMetrics>,
 }
 
 impl Route {
@@ -195,6 +197,7 @@ mod tests {
         Route {
             config: RouteConfig {
                 index: idx,
+                name: format!("r{idx}"),
                 host,
                 path_prefix: prefix.trim_end_matches('/').into(),
                 upstream: UpstreamTarget::Whoami,
@@ -209,6 +212,7 @@ mod tests {
                 allow_trace: false,
             },
             label: Arc::from("x"),
+            metrics: Arc::new(crate::telemetry::metrics::Metrics::new("memory").route("x")),
             pool: 0,
             host_header: None,
         }

@@ -2,6 +2,7 @@
 
 mod driver;
 pub mod tls;
+pub mod watcher;
 
 pub use driver::ServedBody;
 
@@ -22,14 +23,17 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::pipeline::{handle, ConnInfo, RouteLabel};
+use crate::pipeline::{handle, ConnInfo, Served};
 use crate::state::{Runtime, Shared};
+use crate::telemetry::access::AccessRecord;
+use crate::telemetry::sink::Entry;
 use driver::{Activity, Busy, Drain, Driver, Ended, Member};
 
 /// A running gateway.
 pub struct Gateway {
     http_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -50,7 +54,8 @@ impl Gateway {
         workers: Vec<tokio::runtime::Handle>,
     ) -> anyhow::Result<Gateway> {
         tls::install_crypto_provider();
-        let runtime = Runtime::build(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let telemetry = crate::telemetry::Telemetry::new(&config).map_err(anyhow::Error::msg)?;
+        let runtime = Runtime::build_with(config, telemetry).map_err(|e| anyhow::anyhow!("{e}"))?;
         let cfg = runtime.config.clone();
         let tls_cfg = runtime.tls.clone();
         let live = crate::state::Live::open(&runtime.config).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -77,7 +82,25 @@ impl Gateway {
             ));
         }
 
+        let mut metrics_addr = None;
+        let mut metrics_listener = None;
+        if let Some(a) = cfg.metrics.listen {
+            let l = TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {a} (metrics.listen): {e}"))?;
+            metrics_addr = Some(l.local_addr()?);
+            metrics_listener = Some(l);
+        }
+
         let (stop, stop_rx) = watch::channel(false);
+        if let Some(l) = metrics_listener {
+            tokio::spawn(crate::telemetry::server::serve(
+                l,
+                shared.clone(),
+                cfg.metrics.path.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let limit = shared.conn_limit.clone();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // No hyper header-read timer: `server.header_read_timeout` is enforced per connection by
@@ -140,6 +163,10 @@ impl Gateway {
                 sh.tunnels.close_all();
             }
             tunnel_watch.abort();
+            // Lines queued so far reach their destination before the process ends.
+            let telemetry = sh.runtime.load().telemetry.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || telemetry.flush(Duration::from_secs(2))).await;
         });
         if let Some(a) = http_addr {
             tracing::info!(addr = %a, "listening (http)");
@@ -147,9 +174,13 @@ impl Gateway {
         if let Some(a) = https_addr {
             tracing::info!(addr = %a, "listening (https)");
         }
+        if let Some(a) = metrics_addr {
+            tracing::info!(addr = %a, path = %cfg.metrics.path, "listening (metrics)");
+        }
         Ok(Gateway {
             http_addr,
             https_addr,
+            metrics_addr,
             shared,
             stop,
             task,
@@ -166,9 +197,29 @@ impl Gateway {
         self.https_addr
     }
 
+    /// Bound address of the metrics listener (`[metrics] listen`), if configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Waits (at most `timeout`) until the access-log lines and audit events queued so far are
+    /// written (tests read the streams after it).
+    pub async fn flush_telemetry(&self, timeout: Duration) -> bool {
+        let telemetry = self.shared.runtime.load().telemetry.clone();
+        tokio::task::spawn_blocking(move || telemetry.flush(timeout))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Shared state (tests and benches peek at live state).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Applies edits of the config file and the users file without SIGHUP, until shutdown
+    /// (see [`watcher`]). Fails when the watch cannot be set up (e.g. the inotify limit).
+    pub async fn watch_config(&self) -> std::io::Result<watcher::Watcher> {
+        watcher::Watcher::start(self.shared.clone(), self.stop.subscribe()).await
     }
 
     /// Swaps in a new snapshot built from `config`; on error the old one stays. Sessions and
@@ -198,7 +249,16 @@ impl Gateway {
 /// Swaps in a new snapshot built from `config` (see [`Gateway::reload`]); callable from any
 /// thread. The old snapshot's upstream pools are retired: their idle connections close.
 pub fn reload(shared: &Shared, config: Config) -> Result<(), crate::config::ConfigErrors> {
-    let rt = Runtime::build(config)?;
+    let telemetry = shared.runtime.load().telemetry.clone();
+    let rt = match Runtime::build_with(config, telemetry.clone()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            reload_failed(&telemetry, &e);
+            return Err(e);
+        }
+    };
+    telemetry.metrics.reload(true);
+    audit_reload(&telemetry, &shared.runtime.load(), &rt);
     // Live state keeps its contents but follows the new limits.
     let a = &rt.config.auth;
     let live = &shared.live;
@@ -212,6 +272,74 @@ pub fn reload(shared: &Shared, config: Config) -> Result<(), crate::config::Conf
     shared.live.token_cache.invalidate_all();
     tracing::info!("configuration reloaded");
     Ok(())
+}
+
+/// Counts and audits a reload that did not apply.
+fn reload_failed(telemetry: &crate::telemetry::Telemetry, e: &crate::config::ConfigErrors) {
+    use crate::telemetry::audit::{AuditEvent, AuditKind};
+    telemetry.metrics.reload(false);
+    let mut ev = AuditEvent::new(AuditKind::ConfigReload, "failure");
+    ev.reason = Some("invalid_configuration");
+    ev.detail = Some(format!("{} problem(s)", e.0.len()));
+    telemetry.audit.emit(ev);
+}
+
+/// Audits an applied reload, and the change of users it brings, if any.
+fn audit_reload(telemetry: &crate::telemetry::Telemetry, old: &Runtime, new: &Runtime) {
+    use crate::telemetry::audit::{AuditEvent, AuditKind};
+    let mut ev = AuditEvent::new(AuditKind::ConfigReload, "success");
+    ev.detail = Some(format!(
+        "{} routes, {} users",
+        new.router.routes().len(),
+        new.users.len()
+    ));
+    telemetry.audit.emit(ev);
+    let names = |rt: &Runtime| -> std::collections::BTreeMap<Arc<str>, u64> {
+        rt.users
+            .iter()
+            .map(|u| (u.username.clone(), u.password_version))
+            .collect()
+    };
+    let (before, after) = (names(old), names(new));
+    if before != after {
+        let added = after.keys().filter(|k| !before.contains_key(*k)).count();
+        let removed = before.keys().filter(|k| !after.contains_key(*k)).count();
+        let changed = after
+            .iter()
+            .filter(|(k, v)| before.get(*k).is_some_and(|b| b != *v))
+            .count();
+        let mut ev = AuditEvent::new(AuditKind::UsersReload, "success");
+        ev.detail = Some(format!(
+            "{added} added, {removed} removed, {changed} with a new password"
+        ));
+        telemetry.audit.emit(ev);
+    }
+}
+
+/// Reads `path` again and swaps in the snapshot it describes; the one reload path behind
+/// SIGHUP and the file watcher. Blocking (file reads, key parsing): call it off the async
+/// workers. Every problem is logged on its own line (file, line, key); the old snapshot stays.
+pub fn reload_from_file(
+    shared: &Shared,
+    path: &std::path::Path,
+) -> Result<(), crate::config::ConfigErrors> {
+    let outcome = match Config::load(path) {
+        Ok(config) => reload(shared, config),
+        Err(e) => {
+            reload_failed(&shared.runtime.load().telemetry, &e);
+            Err(e)
+        }
+    };
+    if let Err(errs) = &outcome {
+        for e in &errs.0 {
+            tracing::error!(file = %e.file.display(), line = e.line, key = %e.key, problem = %e.message, "configuration error");
+        }
+        tracing::error!(
+            problems = errs.0.len(),
+            "reload failed; keeping the old configuration"
+        );
+    }
+    outcome
 }
 
 type Tls = Option<(tokio_rustls::TlsAcceptor, Duration)>;
@@ -468,10 +596,10 @@ fn request_id_value(id: [u8; 16]) -> HeaderValue {
         .expect("hex digits are a valid header value")
 }
 
-/// Wraps the pipeline with the access log: one line per request, never a secret (no query string,
-/// no headers). Returns hyper's service result itself (no wrapping `async` block: each layer of
-/// futures is one more copy of the request's state). `busy` keeps the connection marked busy
-/// until the response body has been sent.
+/// Wraps the pipeline with the request's id, its metrics and its access-log record (never a
+/// secret: no query string, no header values). Returns hyper's service result itself (no
+/// wrapping `async` block: each layer of futures is one more copy of the request's state).
+/// `busy` keeps the connection marked busy until the response body has been sent.
 async fn logged(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -479,32 +607,47 @@ async fn logged(
     busy: Busy,
 ) -> Result<Response<ServedBody>, Infallible> {
     let rt = shared.runtime.load_full();
-    let access = rt.config.log.access_log;
-    let start = access.then(Instant::now);
+    let start = Instant::now();
+    let metrics = &rt.telemetry.metrics;
+    metrics.in_flight.inc();
     let seq = shared.request_seq.fetch_add(1, Ordering::Relaxed);
     let rid = request_id(shared.request_prefix, seq);
-    let method = access.then(|| req.method().clone());
-    let path = access.then(|| req.uri().path().to_owned());
+    // What the record needs from the request, taken before the pipeline consumes it.
+    let access = rt.config.log.access_log.then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_owned(),
+            crate::telemetry::trace::TraceId::of(req.headers()),
+        )
+    });
     let version = req.version();
     let rid_value = request_id_value(rid);
-    let mut resp = handle(shared, rt, req, &conn, rid_value.clone()).await;
+    let mut served = Served::default();
+    let mut resp = handle(shared, &rt, req, &conn, rid_value.clone(), &mut served).await;
     resp.headers_mut()
         .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
-    if let (Some(method), Some(path), Some(start)) = (method, path, start) {
-        let route = resp.extensions().get::<RouteLabel>().map(|r| r.0.clone());
-        let bytes = resp.body().size_hint().exact();
-        tracing::info!(
-            target: "access",
-            request_id = std::str::from_utf8(&rid).unwrap_or("-"),
-            client = %conn.peer,
-            method = %method,
-            path = %path,
-            version = ?version,
-            route = route.as_deref().unwrap_or("-"),
-            status = resp.status().as_u16(),
-            latency_us = start.elapsed().as_micros() as u64,
-            bytes = bytes,
-        );
+    let took = start.elapsed();
+    metrics.in_flight.dec();
+    let status = resp.status().as_u16();
+    let route = served.metrics(metrics);
+    route.request(status, took);
+    if let Some((method, path, trace_id)) = access {
+        rt.telemetry.access.push(Entry::Access(
+            AccessRecord {
+                time: std::time::SystemTime::now(),
+                request_id: rid,
+                client: conn.peer,
+                method,
+                path,
+                version,
+                route: Some(route.name.clone()),
+                status,
+                latency_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+                bytes: resp.body().size_hint().exact(),
+                trace_id,
+            },
+            rt.log_format,
+        ));
     }
     Ok(resp.map(|body| ServedBody::new(body, busy)))
 }

@@ -14,6 +14,14 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// When the first certificate in the PEM file `cert` expires (unix seconds); `None` when it
+/// cannot be read (the TLS set-up itself reports that).
+pub fn certificate_not_after(cert: &std::path::Path) -> Option<i64> {
+    let der = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
 /// Loads certificate and key once and builds the server configuration.
 pub fn server_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)

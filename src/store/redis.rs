@@ -88,6 +88,8 @@ pub struct Link {
     /// Whether the store was last reported up (for one log line per change).
     reported_up: AtomicBool,
     writes: tokio::sync::mpsc::Sender<redis::Pipeline>,
+    /// Background writes dropped because their queue was full (a metric).
+    writes_dropped: AtomicU64,
 }
 
 impl Link {
@@ -170,6 +172,7 @@ impl Link {
     /// Queues a write nobody waits for; dropped (and logged at debug) when the queue is full.
     fn later(&self, pipe: redis::Pipeline) {
         if self.writes.try_send(pipe).is_err() {
+            self.writes_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("redis write queue full: write dropped");
         }
     }
@@ -642,6 +645,10 @@ impl SessionStore for Arc<RedisSessions> {
     fn len(&self) -> u64 {
         self.l1.len() as u64
     }
+
+    fn writes_dropped(&self) -> u64 {
+        self.link.writes_dropped.load(Ordering::Relaxed)
+    }
 }
 
 /// Revocations on Redis with a full replica in memory (revocations are few and short-lived).
@@ -920,6 +927,7 @@ pub fn open(cfg: &RedisConfig, auth: &crate::config::AuthConfig) -> Result<Redis
         timeouts: AtomicU64::new(0),
         reported_up: AtomicBool::new(true),
         writes: tx,
+        writes_dropped: AtomicU64::new(0),
     });
     let sessions = Arc::new(RedisSessions {
         link: link.clone(),

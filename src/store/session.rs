@@ -80,6 +80,18 @@ pub trait SessionStore: Send + Sync + 'static {
     fn set_limits(&self, idle: Duration, max_lifetime: Duration, max_sessions: u64);
     /// Number of stored sessions (expired ones count until swept).
     fn len(&self) -> u64;
+    /// Like [`SessionStore::get`], telling an expired session from an unknown one where the
+    /// store still holds it (for metrics and the audit stream; the answer is the same).
+    fn lookup_detailed(&self, cookie_value: &str) -> Result<Lookup, StoreUnavailable> {
+        Ok(match self.get(cookie_value)? {
+            Some(s) => Lookup::Found(s),
+            None => Lookup::Missing,
+        })
+    }
+    /// Background writes dropped because their queue was full (remote stores).
+    fn writes_dropped(&self) -> u64 {
+        0
+    }
     /// Whether none are stored.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -162,13 +174,36 @@ impl MemorySessionStore {
     }
 }
 
+/// What a session lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A live session.
+    Found(SessionData),
+    /// None by that id (or not one the store can tell expired).
+    Missing,
+    /// One that had expired (idle timeout or lifetime); it is gone now.
+    Expired,
+}
+
 impl MemorySessionStore {
     #[inline]
     fn lookup(&self, cookie_value: &str, refresh: bool) -> Option<SessionData> {
-        let key = decode_key(cookie_value)?;
+        match self.lookup_inner(cookie_value, refresh) {
+            Lookup::Found(s) => Some(s),
+            Lookup::Missing | Lookup::Expired => None,
+        }
+    }
+
+    #[inline]
+    fn lookup_inner(&self, cookie_value: &str, refresh: bool) -> Lookup {
+        let Some(key) = decode_key(cookie_value) else {
+            return Lookup::Missing;
+        };
         let now = self.now_ms();
         let found = {
-            let s = self.map.get(&key)?;
+            let Some(s) = self.map.get(&key) else {
+                return Lookup::Missing;
+            };
             if self.expired(&s, now) {
                 None
             } else {
@@ -184,11 +219,15 @@ impl MemorySessionStore {
                 })
             }
         };
-        if found.is_none() {
-            // Expired: forget it now rather than at the next sweep (the read guard is dropped).
-            self.map.remove_if(&key, |_, s| self.expired(s, now));
+        match found {
+            Some(s) => Lookup::Found(s),
+            None => {
+                // Expired: forget it now rather than at the next sweep (the read guard is
+                // dropped).
+                self.map.remove_if(&key, |_, s| self.expired(s, now));
+                Lookup::Expired
+            }
         }
-        found
     }
 }
 
@@ -238,6 +277,10 @@ impl SessionStore for MemorySessionStore {
     #[inline]
     fn get(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable> {
         Ok(self.lookup(cookie_value, true))
+    }
+
+    fn lookup_detailed(&self, cookie_value: &str) -> Result<Lookup, StoreUnavailable> {
+        Ok(self.lookup_inner(cookie_value, true))
     }
 
     fn peek(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable> {
