@@ -322,6 +322,8 @@ pub struct Shared {
     pub request_prefix: u32,
     /// Connection cap (`server.max_connections`): held by every connection and every tunnel.
     pub conn_limit: Arc<Semaphore>,
+    /// Held while a reload reads and swaps (SIGHUP, the file watch and the API never overlap).
+    pub reload_lock: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -344,6 +346,7 @@ impl Shared {
             request_seq: AtomicU64::new(0),
             request_prefix: u32::from_le_bytes(p),
             conn_limit,
+            reload_lock: std::sync::Mutex::new(()),
         })
     }
 }

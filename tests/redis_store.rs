@@ -728,3 +728,36 @@ async fn a_revocation_that_cannot_be_read_is_recovered_by_a_resync() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_idle_session_on_redis_is_refused_and_audited_as_expired() {
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = config(
+        &up,
+        &r,
+        "[auth]\nidle_timeout = \"1s\"\n\n[audit]\nfile = \"{dir}/audit.jsonl\"\n",
+    );
+    let gw = TestGateway::start(&cfg).await;
+    until_ready(&gw).await;
+    let alice = login_json(&gw, "alice", PASSWORD).await;
+    expect_ok(&gw, &alice).await;
+    // The clock has to move past the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        status(&gw, "/app/x", &alice).await,
+        302,
+        "idle: to the login page"
+    );
+    assert!(gw.gateway().flush_telemetry(Duration::from_secs(10)).await);
+    let text = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap();
+    let expired = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "session_expired")
+        .unwrap_or_else(|| panic!("no session_expired event:\n{text}"));
+    assert_eq!(expired["user"], "alice");
+    assert!(!text.contains(alice.split_once('=').unwrap().1));
+    gw.shutdown().await;
+}

@@ -423,10 +423,9 @@ async fn audit_records_each_event_kind_in_session_mode_without_secrets() {
     assert_eq!(out["user"], "alice");
     assert_eq!(out["credential"], denied["credential"], "the same session");
     assert_eq!(find(&ev, "sign_out_everywhere", "success")["user"], "alice");
-    assert!(find(&ev, "session_expired", "info")["credential"]
-        .as_str()
-        .unwrap()
-        .starts_with("s:"));
+    let expired = find(&ev, "session_expired", "info");
+    assert_eq!(expired["user"], "alice");
+    assert!(expired["credential"].as_str().unwrap().starts_with("s:"));
     find(&ev, "config_reload", "success");
     find(&ev, "config_reload", "failure");
     assert!(find(&ev, "users_reload", "success")["detail"]

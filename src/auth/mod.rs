@@ -98,12 +98,14 @@ pub fn authenticate(
                     outcome(R::Invalid);
                     return Ok(None);
                 }
-                Ok(session::Lookup::Expired) => {
+                Ok(session::Lookup::Expired(username)) => {
                     outcome(R::Expired);
                     let mut e = crate::telemetry::audit::AuditEvent::new(
                         crate::telemetry::audit::AuditKind::SessionExpired,
                         "info",
                     );
+                    let known = rt.users.get(&username).is_some();
+                    e.user = Some(rt.telemetry.audit.user(&username, known));
                     e.credential = Some(crate::telemetry::audit::credential_hash("s", v));
                     rt.telemetry.audit.emit(e);
                     return Ok(None);

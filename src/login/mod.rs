@@ -110,7 +110,7 @@ pub async fn endpoint(
                 Err(_) => Err(GatewayError::StoreUnavailable),
             }
         }
-        "/.auth/verify" => Ok(verify(shared, rt, &req)),
+        "/.auth/verify" => Ok(verify(shared, rt, &req, &origin())),
         "/.auth/jwks.json" => {
             get_only(&m)?;
             match rt.jwt.as_ref().and_then(|k| k.jwks_json()) {
@@ -403,7 +403,7 @@ pub fn parse_login_body(
 /// The client address for rate limiting: the socket peer, or — when the peer is a trusted proxy —
 /// the last hop of `X-Forwarded-For` read across every header line (a proxy may add its own line
 /// after the client's; untrusted peers' `X-Forwarded-For` was stripped already).
-fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
+pub(crate) fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
     let peer = conn.ip;
     if rt
         .config
@@ -790,10 +790,14 @@ fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
 
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`: 200 with the
 /// identity headers, 401 when not logged in, 403 when `?allow_groups=`/`?allow_users=` exclude them.
-fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Response<Body> {
+fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>, o: &Origin) -> Response<Body> {
+    let denials = rt.telemetry.metrics.gateway_route();
     let a = match authenticate(rt, &shared.live, req.headers()) {
         Ok(Some(a)) => a,
-        Ok(None) => return GatewayError::Unauthenticated.into_response(false),
+        Ok(None) => {
+            denials.denied();
+            return GatewayError::Unauthenticated.into_response(false);
+        }
         Err(_) => return GatewayError::StoreUnavailable.into_response(false),
     };
     let q = req.uri().query();
@@ -817,6 +821,17 @@ fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Response<B
         }
     };
     if !allowed {
+        denials.denied();
+        let audit = &rt.telemetry.audit;
+        if audit.enabled() {
+            // Forward auth: the proxy in front decides which app this was for.
+            let mut e = AuditEvent::from(AuditKind::AccessDenied, "failure", o);
+            e.reason = Some("not_allowed");
+            e.user = Some(AuditUser::Known(a.user.username.to_string()));
+            e.route = Some(denials.name.clone());
+            e.credential = crate::auth::credential_hash(rt, req.headers(), &a.credential);
+            audit.emit(e);
+        }
         return GatewayError::Forbidden.into_response(false);
     }
     let mut r = Response::new(Body::empty());

@@ -846,7 +846,7 @@ fn audit_denied<B>(
     let mut e = AuditEvent::new(AuditKind::AccessDenied, "failure");
     e.reason = Some("not_allowed");
     e.user = Some(AuditUser::Known(a.user.username.to_string()));
-    e.client = Some(conn.peer.ip());
+    e.client = Some(crate::login::client_ip(rt, req.headers(), conn));
     e.route = Some(route.metrics.name.clone());
     e.request_id = request_id.to_str().ok().map(Box::from);
     e.trace_id = crate::telemetry::trace::TraceId::of(req.headers());

@@ -212,7 +212,7 @@ mod tests {
                 allow_trace: false,
             },
             label: Arc::from("x"),
-            metrics: Arc::new(crate::telemetry::metrics::Metrics::new("memory").route("x")),
+            metrics: Arc::new(crate::telemetry::metrics::Metrics::new("memory", false).route("x")),
             pool: 0,
             host_header: None,
         }

@@ -176,6 +176,9 @@ impl Gateway {
         }
         if let Some(a) = metrics_addr {
             tracing::info!(addr = %a, path = %cfg.metrics.path, "listening (metrics)");
+            if !a.ip().is_loopback() {
+                tracing::warn!(addr = %a, "the metrics listener is not on loopback: anyone who reaches it reads route names and login counts; restrict it with a firewall");
+            }
         }
         Ok(Gateway {
             http_addr,
@@ -249,8 +252,14 @@ impl Gateway {
 /// Swaps in a new snapshot built from `config` (see [`Gateway::reload`]); callable from any
 /// thread. The old snapshot's upstream pools are retired: their idle connections close.
 pub fn reload(shared: &Shared, config: Config) -> Result<(), crate::config::ConfigErrors> {
+    let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+    reload_locked(shared, config)
+}
+
+/// [`reload`] with the reload lock held.
+fn reload_locked(shared: &Shared, config: Config) -> Result<(), crate::config::ConfigErrors> {
     let telemetry = shared.runtime.load().telemetry.clone();
-    let rt = match Runtime::build_with(config, telemetry.clone()) {
+    let mut rt = match Runtime::build_with(config, telemetry.clone()) {
         Ok(rt) => rt,
         Err(e) => {
             reload_failed(&telemetry, &e);
@@ -258,6 +267,8 @@ pub fn reload(shared: &Shared, config: Config) -> Result<(), crate::config::Conf
         }
     };
     telemetry.metrics.reload(true);
+    // The HTTPS listener keeps the certificate it started with (a restart loads a new one).
+    rt.tls_not_after = shared.runtime.load().tls_not_after;
     audit_reload(&telemetry, &shared.runtime.load(), &rt);
     // Live state keeps its contents but follows the new limits.
     let a = &rt.config.auth;
@@ -294,10 +305,11 @@ fn audit_reload(telemetry: &crate::telemetry::Telemetry, old: &Runtime, new: &Ru
         new.users.len()
     ));
     telemetry.audit.emit(ev);
-    let names = |rt: &Runtime| -> std::collections::BTreeMap<Arc<str>, u64> {
+    type Fingerprint = (u64, Vec<String>);
+    let names = |rt: &Runtime| -> std::collections::BTreeMap<Arc<str>, Fingerprint> {
         rt.users
             .iter()
-            .map(|u| (u.username.clone(), u.password_version))
+            .map(|u| (u.username.clone(), (u.password_version, u.groups.clone())))
             .collect()
     };
     let (before, after) = (names(old), names(new));
@@ -310,7 +322,7 @@ fn audit_reload(telemetry: &crate::telemetry::Telemetry, old: &Runtime, new: &Ru
             .count();
         let mut ev = AuditEvent::new(AuditKind::UsersReload, "success");
         ev.detail = Some(format!(
-            "{added} added, {removed} removed, {changed} with a new password"
+            "{added} added, {removed} removed, {changed} with a new password or groups"
         ));
         telemetry.audit.emit(ev);
     }
@@ -323,8 +335,11 @@ pub fn reload_from_file(
     shared: &Shared,
     path: &std::path::Path,
 ) -> Result<(), crate::config::ConfigErrors> {
+    // One reload at a time, file read included: a slow SIGHUP reload finishing after a later
+    // watched one would otherwise put the older file back.
+    let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
     let outcome = match Config::load(path) {
-        Ok(config) => reload(shared, config),
+        Ok(config) => reload_locked(shared, config),
         Err(e) => {
             reload_failed(&shared.runtime.load().telemetry, &e);
             Err(e)
@@ -596,6 +611,32 @@ fn request_id_value(id: [u8; 16]) -> HeaderValue {
         .expect("hex digits are a valid header value")
 }
 
+/// Decrements the in-flight gauge when dropped.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Longest path an access-log record keeps: a queue full of 64 KiB paths (a request head may be
+/// that long) would hold a gigabyte.
+const MAX_LOGGED_PATH: usize = 1024;
+
+/// The path as the access log keeps it: cut (on a character boundary, marked `…`) past
+/// [`MAX_LOGGED_PATH`].
+fn access_path(p: &str) -> String {
+    if p.len() <= MAX_LOGGED_PATH {
+        return p.to_owned();
+    }
+    let mut end = MAX_LOGGED_PATH;
+    while !p.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &p[..end])
+}
+
 /// Wraps the pipeline with the request's id, its metrics and its access-log record (never a
 /// secret: no query string, no header values). Returns hyper's service result itself (no
 /// wrapping `async` block: each layer of futures is one more copy of the request's state).
@@ -609,14 +650,18 @@ async fn logged(
     let rt = shared.runtime.load_full();
     let start = Instant::now();
     let metrics = &rt.telemetry.metrics;
-    metrics.in_flight.inc();
+    // Decremented when the request ends, or when its future is dropped (a reset stream).
+    let in_flight = metrics.enabled.then(|| {
+        metrics.in_flight.inc();
+        InFlight(&metrics.in_flight)
+    });
     let seq = shared.request_seq.fetch_add(1, Ordering::Relaxed);
     let rid = request_id(shared.request_prefix, seq);
     // What the record needs from the request, taken before the pipeline consumes it.
     let access = rt.config.log.access_log.then(|| {
         (
             req.method().clone(),
-            req.uri().path().to_owned(),
+            access_path(req.uri().path()),
             crate::telemetry::trace::TraceId::of(req.headers()),
         )
     });
@@ -627,7 +672,7 @@ async fn logged(
     resp.headers_mut()
         .insert(crate::pipeline::headers::X_REQUEST_ID.clone(), rid_value);
     let took = start.elapsed();
-    metrics.in_flight.dec();
+    drop(in_flight);
     let status = resp.status().as_u16();
     let route = served.metrics(metrics);
     route.request(status, took);
@@ -650,4 +695,19 @@ async fn logged(
         ));
     }
     Ok(resp.map(|body| ServedBody::new(body, busy)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_path_keeps_short_paths_and_cuts_long_ones_on_a_character_boundary() {
+        assert_eq!(access_path("/a/b"), "/a/b");
+        let long = format!("/{}", "é".repeat(MAX_LOGGED_PATH));
+        let cut = access_path(&long);
+        assert!(cut.ends_with('…'));
+        assert!(cut.len() <= MAX_LOGGED_PATH + '…'.len_utf8());
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
 }

@@ -44,7 +44,7 @@ use crate::config::RedisConfig;
 use crate::store::limit::{client_key, LoginLimitStore, LoginLimiter, LoginLimits, WINDOW};
 use crate::store::revocation::{RevocationStore, Revocations};
 use crate::store::session::{
-    decode_key, random_key, unix_now, unix_now_ms, SessionData, SessionKey, SessionStore,
+    decode_key, random_key, unix_now, unix_now_ms, Lookup, SessionData, SessionKey, SessionStore,
 };
 use crate::store::{BoxFuture, StoreError, StoreUnavailable};
 
@@ -278,8 +278,15 @@ impl RedisSessions {
         cookie_value: &str,
         refresh: bool,
     ) -> Result<Option<SessionData>, StoreUnavailable> {
+        Ok(match self.lookup_inner(cookie_value, refresh)? {
+            Lookup::Found(s) => Some(s),
+            Lookup::Missing | Lookup::Expired(_) => None,
+        })
+    }
+
+    fn lookup_inner(&self, cookie_value: &str, refresh: bool) -> Result<Lookup, StoreUnavailable> {
         let Some(d) = l1_key(cookie_value) else {
-            return Ok(None);
+            return Ok(Lookup::Missing);
         };
         let trusted = self.link.trusted();
         let Some(c) = self.l1.get(&d) else {
@@ -289,7 +296,7 @@ impl RedisSessions {
         match &*c {
             Cached::Absent { fetched } => {
                 if trusted || fetched.elapsed() < FRESH {
-                    Ok(None)
+                    Ok(Lookup::Missing)
                 } else {
                     Err(StoreUnavailable)
                 }
@@ -308,7 +315,7 @@ impl RedisSessions {
                 }
                 let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
                 if now_ms.saturating_sub(*created_ms) >= lifetime {
-                    return Ok(None);
+                    return Ok(Lookup::Expired(username.clone()));
                 }
                 let last = last_ms.load(Ordering::Relaxed);
                 if self.idle_expired(last, now_ms) {
@@ -317,7 +324,7 @@ impl RedisSessions {
                     // used it). Without one, nobody can tell: unavailable, not logged out.
                     let idle = self.idle_ms.load(Ordering::Relaxed);
                     return if *fetched_ms >= last.saturating_add(idle) {
-                        Ok(None)
+                        Ok(Lookup::Expired(username.clone()))
                     } else {
                         Err(StoreUnavailable)
                     };
@@ -344,7 +351,7 @@ impl RedisSessions {
                         self.link.later(p);
                     }
                 }
-                Ok(Some(SessionData {
+                Ok(Lookup::Found(SessionData {
                     username: username.clone(),
                     created_unix: created_ms / 1000,
                     password_version: *password_version,
@@ -644,6 +651,10 @@ impl SessionStore for Arc<RedisSessions> {
 
     fn len(&self) -> u64 {
         self.l1.len() as u64
+    }
+
+    fn lookup_detailed(&self, cookie_value: &str) -> Result<Lookup, StoreUnavailable> {
+        self.lookup_inner(cookie_value, true)
     }
 
     fn writes_dropped(&self) -> u64 {

@@ -181,8 +181,8 @@ pub enum Lookup {
     Found(SessionData),
     /// None by that id (or not one the store can tell expired).
     Missing,
-    /// One that had expired (idle timeout or lifetime); it is gone now.
-    Expired,
+    /// One that had expired (idle timeout or lifetime), whose user this was; it is gone now.
+    Expired(Arc<str>),
 }
 
 impl MemorySessionStore {
@@ -190,7 +190,7 @@ impl MemorySessionStore {
     fn lookup(&self, cookie_value: &str, refresh: bool) -> Option<SessionData> {
         match self.lookup_inner(cookie_value, refresh) {
             Lookup::Found(s) => Some(s),
-            Lookup::Missing | Lookup::Expired => None,
+            Lookup::Missing | Lookup::Expired(_) => None,
         }
     }
 
@@ -205,14 +205,14 @@ impl MemorySessionStore {
                 return Lookup::Missing;
             };
             if self.expired(&s, now) {
-                None
+                Err(s.username.clone())
             } else {
                 // A plain read first: under load most requests of a session fall in the same
                 // millisecond, and a read-modify-write is a locked instruction on every one.
                 if refresh && s.last_ms.load(Ordering::Relaxed) < now {
                     s.last_ms.fetch_max(now, Ordering::Relaxed);
                 }
-                Some(SessionData {
+                Ok(SessionData {
                     username: s.username.clone(),
                     created_unix: self.epoch_unix + s.created_ms / 1000,
                     password_version: s.password_version,
@@ -220,12 +220,12 @@ impl MemorySessionStore {
             }
         };
         match found {
-            Some(s) => Lookup::Found(s),
-            None => {
+            Ok(s) => Lookup::Found(s),
+            Err(username) => {
                 // Expired: forget it now rather than at the next sweep (the read guard is
                 // dropped).
                 self.map.remove_if(&key, |_, s| self.expired(s, now));
-                Lookup::Expired
+                Lookup::Expired(username)
             }
         }
     }

@@ -70,7 +70,7 @@ pub(crate) fn json_str(buf: &mut Vec<u8>, s: &str) {
 impl AccessRecord {
     /// Appends the record as one line in `format`.
     pub fn format(&self, format: LogFormat, buf: &mut Vec<u8>) {
-        let time = humantime::format_rfc3339_micros(self.time);
+        let time = humantime::format_rfc3339_micros(self.time.max(std::time::UNIX_EPOCH));
         let rid = std::str::from_utf8(&self.request_id).unwrap_or("-");
         let route = self.route.as_deref().unwrap_or("-");
         match format {

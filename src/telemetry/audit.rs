@@ -135,7 +135,7 @@ impl AuditEvent {
 
     /// Appends the event as one line.
     pub fn format(&self, format: LogFormat, buf: &mut Vec<u8>) {
-        let time = humantime::format_rfc3339_micros(self.time);
+        let time = humantime::format_rfc3339_micros(self.time.max(std::time::UNIX_EPOCH));
         let (user_key, user) = match &self.user {
             Some(AuditUser::Known(u)) => ("user", Some(u.as_str())),
             Some(AuditUser::Unknown(h)) => ("user_hash", Some(h.as_str())),

@@ -166,6 +166,8 @@ const UPSTREAM_KINDS: [&str; 5] = ["connect", "timeout", "reset", "tls", "other"
 pub struct RouteMetrics {
     /// The route's name (the label value, and the access log's `route`).
     pub name: Arc<str>,
+    /// Whether anything can read the series (`[metrics] listen`); else nothing is counted.
+    enabled: bool,
     requests: [Counter; 5],
     duration: Histogram,
     upstream_duration: Histogram,
@@ -176,6 +178,9 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Counts a finished request (response head sent) and its duration.
     pub fn request(&self, status: u16, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[class].inc();
         self.duration.observe(took);
@@ -183,16 +188,25 @@ impl RouteMetrics {
 
     /// Counts an upstream exchange that produced a response head, and its time.
     pub fn upstream_ok(&self, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.upstream_duration.observe(took);
     }
 
     /// Counts an upstream failure.
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        if !self.enabled {
+            return;
+        }
         self.upstream_errors[kind as usize].inc();
     }
 
     /// Counts an authorization denial (401 on a protected route, or 403).
     pub fn denied(&self) {
+        if !self.enabled {
+            return;
+        }
         self.denials.inc();
     }
 }
@@ -284,6 +298,9 @@ pub struct ScrapeValues {
 /// The registry and every series, shared by all snapshots of one gateway (a reload never
 /// resets a counter).
 pub struct Metrics {
+    /// Whether anything can read them (`[metrics] listen` is set); else the request path
+    /// counts nothing at all (the `[metrics]`-off row of the load test is a real off).
+    pub enabled: bool,
     registry: Mutex<Registry>,
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram, fn() -> Histogram>,
@@ -318,8 +335,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// A registry with every family registered and the fixed series created.
-    pub fn new(store_backend: &str) -> Metrics {
+    /// A registry with every family registered and the fixed series created; `enabled`: the
+    /// request path counts (a listener will serve them).
+    pub fn new(store_backend: &str, enabled: bool) -> Metrics {
         let mut r = Registry::with_prefix("authgate");
         r.register(
             "build",
@@ -479,6 +497,7 @@ impl Metrics {
             tls_not_after.clone(),
         );
         let mut m = Metrics {
+            enabled,
             registry: Mutex::new(r),
             requests,
             durations,
@@ -517,6 +536,7 @@ impl Metrics {
         };
         RouteMetrics {
             name: Arc::from(name),
+            enabled: self.enabled,
             requests: CLASSES.map(|c| self.requests.get_or_create(&route(&[("class", c)])).clone()),
             duration: self.durations.get_or_create(&route(&[])).clone(),
             upstream_duration: self.upstream_durations.get_or_create(&route(&[])).clone(),
@@ -541,11 +561,17 @@ impl Metrics {
 
     /// Counts an authentication result.
     pub fn auth(&self, m: Mechanism, r: AuthResult) {
+        if !self.enabled {
+            return;
+        }
         self.auth[m as usize * AUTH_RESULTS.len() + r as usize].inc();
     }
 
     /// Counts a login attempt.
     pub fn login(&self, r: LoginResult, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.logins[r as usize].inc();
         self.login_duration.observe(took);
     }
@@ -586,6 +612,7 @@ impl Metrics {
 fn placeholder() -> RouteMetrics {
     RouteMetrics {
         name: Arc::from(""),
+        enabled: false,
         requests: Default::default(),
         duration: duration_histogram(),
         upstream_duration: duration_histogram(),
@@ -600,7 +627,7 @@ mod tests {
 
     #[test]
     fn metrics_route_series_count_requests_by_class_and_survive_a_second_lookup() {
-        let m = Metrics::new("memory");
+        let m = Metrics::new("memory", true);
         let a = m.route("app");
         a.request(200, Duration::from_micros(300));
         a.request(503, Duration::from_millis(2));

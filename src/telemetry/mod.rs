@@ -61,15 +61,24 @@ impl Telemetry {
         let a = &config.audit;
         let (audit_sink, audit_format) = match a.file.as_ref().filter(|_| open_files) {
             Some(path) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true).append(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                let f = o
                     .open(path)
                     .map_err(|e| format!("audit.file: cannot open {}: {e}", path.display()))?;
                 let sink = sink::Sink::spawn("authgate-audit", Box::new(f))
                     .map_err(|e| format!("cannot start the audit writer: {e}"))?;
                 (sink, LogFormat::Json)
             }
+            // Its own queue even on stderr: a flood of requests filling the access log's queue
+            // must not crowd audit events out (the Stderr lock keeps whole batches apart).
+            None if open_files => (
+                sink::Sink::spawn("authgate-audit", Box::new(std::io::stderr()))
+                    .map_err(|e| format!("cannot start the audit writer: {e}"))?,
+                format,
+            ),
             None => (sink::stderr().clone(), format),
         };
         let key = match &a.username_hash_key {
@@ -86,7 +95,7 @@ impl Telemetry {
             crate::config::StoreConfig::Redis(_) => "redis",
         };
         Ok(Arc::new(Telemetry {
-            metrics: metrics::Metrics::new(backend),
+            metrics: metrics::Metrics::new(backend, config.metrics.listen.is_some()),
             audit: audit::Audit::new(a.enabled, audit_sink, audit_format, &key),
             access: sink::stderr().clone(),
             format_override,

@@ -58,10 +58,14 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let Ok((stream, _)) = accepted else {
+            // Out of file descriptors, most likely: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+        // At the cap, the newcomer is closed at once: idle connections cannot starve the
+        // accept loop.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
         };
         let (shared, path) = (shared.clone(), path.clone());
         tokio::spawn(async move {

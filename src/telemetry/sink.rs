@@ -20,6 +20,11 @@ use crate::config::LogFormat;
 pub const QUEUE_CAPACITY: usize = 16_384;
 /// Bytes written per `write()` at most (a batch of lines).
 const BATCH_BYTES: usize = 64 * 1024;
+/// After writing a batch that emptied the queue, the writer waits this long before looking
+/// again: lines accumulate meanwhile, so under load one `write()` carries hundreds of them, and
+/// a worker's `try_send` never has a sleeping receiver to wake (a futex call per request).
+/// A line reaches the destination at most this much later.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(5);
 /// How often a sink that dropped lines says so in its own stream.
 pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -181,12 +186,18 @@ fn writer(rx: Receiver<Entry>, mut out: Box<dyn Write + Send>, stats: &SinkStats
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        let got = first.is_some();
+        let mut emptied = true;
         if let Some(e) = first {
             take(e, &mut buf, &mut acks, stats);
+            emptied = false;
             while buf.len() < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(e) => take(e, &mut buf, &mut acks, stats),
-                    Err(_) => break,
+                    Err(_) => {
+                        emptied = true;
+                        break;
+                    }
                 }
             }
         }
@@ -223,6 +234,9 @@ fn writer(rx: Receiver<Entry>, mut out: Box<dyn Write + Send>, stats: &SinkStats
         }
         for a in acks.drain(..) {
             let _ = a.send(());
+        }
+        if got && emptied {
+            std::thread::sleep(BATCH_INTERVAL);
         }
     }
     if !buf.is_empty() {

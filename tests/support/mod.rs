@@ -391,6 +391,13 @@ impl TestGateway {
         } else {
             format!("[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{text}")
         };
+        // In-process gateways share the test binary's stderr: no access log unless the test asks
+        // (tests/telemetry.rs reads the real binary's).
+        let text = if text.contains("[log]") {
+            text
+        } else {
+            format!("{text}\n[log]\naccess_log = false\n")
+        };
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).unwrap();
         let cfg = authgate::Config::load(&path)
