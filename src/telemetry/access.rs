@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{Method, Version};
 
@@ -67,62 +67,142 @@ pub(crate) fn json_str(buf: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *buf, s);
 }
 
+/// Appends `n` in decimal.
+fn push_u64(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends the peer address as `Display` would (`1.2.3.4:5`, `[::1]:5`), without the
+/// formatting machinery for the common IPv4 case.
+fn push_addr(buf: &mut Vec<u8>, a: &SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                buf.extend_from_slice(itoa::Buffer::new().format(*o).as_bytes());
+            }
+            buf.push(b':');
+            push_u64(buf, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(buf, "{a}");
+        }
+    }
+}
+
+std::thread_local! {
+    /// The formatted second of the last record ("2026-12-02T18:34:49."): records arrive in
+    /// time order, so the calendar arithmetic runs once a second, not once a line.
+    static SECOND: std::cell::RefCell<(u64, [u8; 20])> = const { std::cell::RefCell::new((u64::MAX, [0; 20])) };
+}
+
+/// Appends `t` as RFC 3339 UTC with microseconds, like `humantime::format_rfc3339_micros`.
+pub(crate) fn push_time(buf: &mut Vec<u8>, t: SystemTime) {
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    SECOND.with_borrow_mut(|(cached, prefix)| {
+        if *cached != secs {
+            let whole = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(secs),
+            )
+            .to_string();
+            // "YYYY-MM-DDTHH:MM:SSZ": keep everything before the 'Z'.
+            let head = whole.as_bytes();
+            if head.len() == 20 {
+                prefix[..19].copy_from_slice(&head[..19]);
+                prefix[19] = b'.';
+                *cached = secs;
+            } else {
+                // A year past 9999: no cache, the slow path.
+                let _ = write!(
+                    buf,
+                    "{}",
+                    humantime::format_rfc3339_micros(t.max(std::time::UNIX_EPOCH))
+                );
+                return;
+            }
+        }
+        buf.extend_from_slice(&prefix[..]);
+        let micros = d.subsec_micros();
+        let mut digits = [b'0'; 6];
+        let mut m = micros;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        buf.extend_from_slice(&digits);
+        buf.push(b'Z');
+    });
+}
+
 impl AccessRecord {
-    /// Appends the record as one line in `format`.
+    /// Appends the record as one line in `format`. Runs on the sink's writer thread, once per
+    /// request: written with plain byte pushes (no `fmt` machinery per field).
     pub fn format(&self, format: LogFormat, buf: &mut Vec<u8>) {
-        let time = humantime::format_rfc3339_micros(self.time.max(std::time::UNIX_EPOCH));
         let rid = std::str::from_utf8(&self.request_id).unwrap_or("-");
         let route = self.route.as_deref().unwrap_or("-");
         match format {
             LogFormat::Text => {
-                let _ = write!(
-                    buf,
-                    "{time}  INFO access: request_id={rid} client={} method=",
-                    self.client
-                );
+                push_time(buf, self.time);
+                buf.extend_from_slice(b"  INFO access: request_id=");
+                buf.extend_from_slice(rid.as_bytes());
+                buf.extend_from_slice(b" client=");
+                push_addr(buf, &self.client);
+                buf.extend_from_slice(b" method=");
                 text_value(buf, self.method.as_str());
                 buf.extend_from_slice(b" path=");
                 text_value(buf, &self.path);
-                let _ = write!(buf, " version={} route=", version_str(self.version));
+                buf.extend_from_slice(b" version=");
+                buf.extend_from_slice(version_str(self.version).as_bytes());
+                buf.extend_from_slice(b" route=");
                 text_value(buf, route);
-                let _ = write!(
-                    buf,
-                    " status={} latency_us={}",
-                    self.status, self.latency_us
-                );
+                buf.extend_from_slice(b" status=");
+                push_u64(buf, u64::from(self.status));
+                buf.extend_from_slice(b" latency_us=");
+                push_u64(buf, self.latency_us);
                 if let Some(b) = self.bytes {
-                    let _ = write!(buf, " bytes={b}");
+                    buf.extend_from_slice(b" bytes=");
+                    push_u64(buf, b);
                 }
                 if let Some(t) = &self.trace_id {
-                    let _ = write!(buf, " trace_id={}", t.as_str());
+                    buf.extend_from_slice(b" trace_id=");
+                    buf.extend_from_slice(t.as_str().as_bytes());
                 }
                 buf.push(b'\n');
             }
             LogFormat::Json => {
-                let _ = write!(
-                    buf,
-                    "{{\"timestamp\":\"{time}\",\"level\":\"INFO\",\"target\":\"access\",\"request_id\":\"{rid}\",\"client\":\"{}\",\"method\":",
-                    self.client
+                buf.extend_from_slice(b"{\"timestamp\":\"");
+                push_time(buf, self.time);
+                buf.extend_from_slice(
+                    b"\",\"level\":\"INFO\",\"target\":\"access\",\"request_id\":\"",
                 );
+                buf.extend_from_slice(rid.as_bytes());
+                buf.extend_from_slice(b"\",\"client\":\"");
+                push_addr(buf, &self.client);
+                buf.extend_from_slice(b"\",\"method\":");
                 json_str(buf, self.method.as_str());
                 buf.extend_from_slice(b",\"path\":");
                 json_str(buf, &self.path);
-                let _ = write!(
-                    buf,
-                    ",\"version\":\"{}\",\"route\":",
-                    version_str(self.version)
-                );
+                buf.extend_from_slice(b",\"version\":\"");
+                buf.extend_from_slice(version_str(self.version).as_bytes());
+                buf.extend_from_slice(b"\",\"route\":");
                 json_str(buf, route);
-                let _ = write!(
-                    buf,
-                    ",\"status\":{},\"latency_us\":{}",
-                    self.status, self.latency_us
-                );
+                buf.extend_from_slice(b",\"status\":");
+                push_u64(buf, u64::from(self.status));
+                buf.extend_from_slice(b",\"latency_us\":");
+                push_u64(buf, self.latency_us);
                 if let Some(b) = self.bytes {
-                    let _ = write!(buf, ",\"bytes\":{b}");
+                    buf.extend_from_slice(b",\"bytes\":");
+                    push_u64(buf, b);
                 }
                 if let Some(t) = &self.trace_id {
-                    let _ = write!(buf, ",\"trace_id\":\"{}\"", t.as_str());
+                    buf.extend_from_slice(b",\"trace_id\":\"");
+                    buf.extend_from_slice(t.as_str().as_bytes());
+                    buf.push(b'"');
                 }
                 buf.extend_from_slice(b"}\n");
             }
@@ -177,5 +257,37 @@ mod tests {
             line.ends_with("trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn fast_time_and_address_formatting_match_the_standard_formatters() {
+        let times = [
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::new(1_796_236_489, 0),
+            SystemTime::UNIX_EPOCH + Duration::new(1_796_236_489, 999_999_999),
+            SystemTime::UNIX_EPOCH + Duration::new(1_796_236_490, 1_000),
+            SystemTime::UNIX_EPOCH + Duration::new(1_796_236_489, 123_456_000),
+            SystemTime::UNIX_EPOCH + Duration::new(951_782_400, 42_000), // 2000-02-29
+        ];
+        for t in times {
+            let mut buf = Vec::new();
+            push_time(&mut buf, t);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+        }
+        for a in [
+            "127.0.0.1:5000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[fe80::1]:8",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut buf = Vec::new();
+            push_addr(&mut buf, &addr);
+            assert_eq!(String::from_utf8(buf).unwrap(), addr.to_string());
+        }
     }
 }
