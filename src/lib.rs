@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod login;
 pub mod pipeline;
+pub mod policy;
 pub mod server;
 pub mod state;
 pub mod store;

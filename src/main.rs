@@ -43,6 +43,24 @@ enum Command {
         #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
         names: Vec<String>,
     },
+    /// Show which route and rule decide a request, and the outcome (the proxy's own decision).
+    Explain {
+        /// The request URL, e.g. https://app.example.com/admin/x.
+        url: String,
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A configured user (absent: a request without a login).
+        #[arg(long)]
+        user: Option<String>,
+        /// The client address, as resolved through trusted_proxies.
+        #[arg(long, default_value = "127.0.0.1")]
+        from: std::net::IpAddr,
+        /// Explain a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method;
+        /// implies --method OPTIONS).
+        #[arg(long)]
+        preflight: bool,
+    },
     /// Generate a JWT signing key: PEM private + public key, or an HS256 secret.
     GenJwtKey {
         /// EdDSA, ES256, RS256 or HS256.
@@ -89,6 +107,45 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     Ok(1)
                 }
             }
+        }
+        Command::Explain {
+            url,
+            method,
+            user,
+            from,
+            preflight,
+        } => {
+            authgate::server::tls::install_crypto_provider();
+            let rt = match Config::load(&cli.config).and_then(authgate::state::Runtime::build) {
+                Ok(rt) => rt,
+                Err(errs) => {
+                    for e in &errs.0 {
+                        eprintln!("{e}");
+                    }
+                    eprintln!("{} problem(s) found", errs.0.len());
+                    return Ok(2);
+                }
+            };
+            // A preflight is an OPTIONS request by definition.
+            let method = if preflight {
+                "OPTIONS".to_string()
+            } else {
+                method
+            };
+            let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| anyhow::anyhow!("{method:?} is not a method"))?;
+            let q = authgate::policy::explain::Question {
+                method,
+                url,
+                user,
+                from,
+                preflight,
+            };
+            print!(
+                "{}",
+                authgate::policy::explain::explain(&rt, &q).map_err(anyhow::Error::msg)?
+            );
+            Ok(0)
         }
         Command::HashPassword => {
             let pw = read_password()?;

@@ -484,12 +484,6 @@ pub struct RouteConfig {
     pub upstream: UpstreamTarget,
     /// The original upstream string, for logs.
     pub upstream_label: String,
-    /// Access policy.
-    pub access: Access,
-    /// Groups allowed (any of), if restricted.
-    pub allow_groups: Option<Vec<String>>,
-    /// Users allowed, if restricted.
-    pub allow_users: Option<Vec<String>>,
     /// Forward the client's Host instead of the upstream's.
     pub preserve_host: bool,
     /// Time to response headers.
@@ -500,6 +494,9 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// Whether TRACE/TRACK requests are forwarded (else 405).
     pub allow_trace: bool,
+    /// Who may pass, compiled: the route's access and allow lists, its rules, preflight and
+    /// unauthenticated handling.
+    pub policy: crate::policy::Policy,
 }
 
 /// A route name usable as a metrics label value and a log field as is.
@@ -1633,6 +1630,7 @@ fn validate_route(
         }
         p
     });
+    let policy = validate_policy(i, r, access, c);
     if c.errors.len() != before {
         return None;
     }
@@ -1657,13 +1655,191 @@ fn validate_route(
         path_prefix,
         upstream,
         upstream_label: r.upstream.clone(),
-        access,
-        allow_groups: r.allow_groups.clone(),
-        allow_users: r.allow_users.clone(),
         preserve_host: r.preserve_host.unwrap_or(false),
         timeout,
         tls_ca,
         upgrades,
         allow_trace: r.allow_trace.unwrap_or(false),
+        policy,
     })
+}
+
+/// A list of names for `allow_groups`/`allow_users`: present means non-empty.
+fn allow_list(c: &mut Collector<'_>, key: String, v: &Option<Vec<String>>) {
+    if v.as_ref().is_some_and(Vec::is_empty) {
+        c.err(
+            key,
+            "an empty list would deny everyone; remove the key instead",
+        );
+    }
+}
+
+/// A network list (`networks`, `not_networks`): CIDR blocks or single addresses.
+fn networks(
+    c: &mut Collector<'_>,
+    key: &str,
+    v: &Option<Vec<String>>,
+) -> Option<Vec<ipnet::IpNet>> {
+    let list = v.as_ref()?;
+    if list.is_empty() {
+        c.err(key, "an empty list never matches; remove the key instead");
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for (j, n) in list.iter().enumerate() {
+        let parsed = n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => c.err(
+                format!("{key}[{j}]"),
+                format!("{n:?} is not a network (expected e.g. \"10.0.0.0/8\", \"fd00::/8\" or an address)"),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// The route's policy: its own access and allow lists, `[[routes.rules]]`, `cors_preflight` and
+/// `unauthenticated`. Invalid globs, methods and networks are errors; so is a rule that can never
+/// decide because an earlier one (or a deny rule) matches everything it matches: such a rule is
+/// usually a stricter exception written after the general case, and ignoring it would admit
+/// people it was written to keep out.
+fn validate_policy(
+    i: usize,
+    r: &raw::RawRoute,
+    access: Access,
+    c: &mut Collector<'_>,
+) -> crate::policy::Policy {
+    use crate::policy::{Glob, Policy, Rule, RuleAccess, Unauthenticated};
+    let before = c.errors.len();
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let preflight_bypass = match r.cors_preflight.as_deref() {
+        None | Some("authenticate") => false,
+        Some("bypass") => true,
+        Some(o) => {
+            c.err(
+                key("cors_preflight"),
+                format!("unknown value {o:?} (expected \"bypass\" or \"authenticate\")"),
+            );
+            false
+        }
+    };
+    let unauthenticated = match r.unauthenticated.as_deref() {
+        None | Some("redirect") => Unauthenticated::Redirect,
+        Some("401") => Unauthenticated::Status401,
+        Some(o) => {
+            c.err(
+                key("unauthenticated"),
+                format!("unknown value {o:?} (expected \"redirect\" or \"401\")"),
+            );
+            Unauthenticated::Redirect
+        }
+    };
+    let mut rules = Vec::with_capacity(r.rules.len());
+    for (j, raw) in r.rules.iter().enumerate() {
+        let rkey = |k: &str| format!("routes[{i}].rules[{j}].{k}");
+        let paths = raw.paths.as_ref().map(|list| {
+            if list.is_empty() {
+                c.err(
+                    rkey("paths"),
+                    "an empty list never matches; remove the key instead",
+                );
+            }
+            let mut globs = Vec::with_capacity(list.len());
+            for (k, p) in list.iter().enumerate() {
+                match Glob::parse(p) {
+                    Ok(g) => globs.push(g),
+                    Err(m) => c.err(format!("routes[{i}].rules[{j}].paths[{k}]"), m),
+                }
+            }
+            globs
+        });
+        let methods = raw.methods.as_ref().map(|list| {
+            if list.is_empty() {
+                c.err(
+                    rkey("methods"),
+                    "an empty list never matches; remove the key instead",
+                );
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (k, m) in list.iter().enumerate() {
+                let token = !m.is_empty()
+                    && m.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if token {
+                    out.push(m.to_ascii_uppercase());
+                } else {
+                    c.err(
+                        format!("routes[{i}].rules[{j}].methods[{k}]"),
+                        format!("{m:?} is not a method name (e.g. \"POST\")"),
+                    );
+                }
+            }
+            out
+        });
+        let networks_v = networks(c, &rkey("networks"), &raw.networks);
+        let not_networks = networks(c, &rkey("not_networks"), &raw.not_networks);
+        let access = match raw.access.as_deref() {
+            None => None,
+            Some("public") => Some(RuleAccess::Public),
+            Some("deny") => Some(RuleAccess::Deny),
+            Some("authenticated") => Some(RuleAccess::Authenticated),
+            Some(o) => {
+                c.err(
+                    rkey("access"),
+                    format!(
+                        "unknown access {o:?} (expected \"public\", \"authenticated\" or \"deny\")"
+                    ),
+                );
+                None
+            }
+        };
+        if matches!(access, Some(RuleAccess::Public | RuleAccess::Deny))
+            && (raw.allow_groups.is_some() || raw.allow_users.is_some())
+        {
+            c.err(
+                rkey("access"),
+                "a public or deny rule cannot have allow_groups/allow_users",
+            );
+        }
+        allow_list(c, rkey("allow_groups"), &raw.allow_groups);
+        allow_list(c, rkey("allow_users"), &raw.allow_users);
+        rules.push(Rule {
+            paths,
+            methods,
+            networks: networks_v,
+            not_networks,
+            access,
+            allow_groups: raw.allow_groups.clone(),
+            allow_users: raw.allow_users.clone(),
+        });
+    }
+    let policy = Policy {
+        public: access == Access::Public,
+        allow_groups: r.allow_groups.clone(),
+        allow_users: r.allow_users.clone(),
+        uses_network: rules.iter().any(Rule::uses_network),
+        rules,
+        preflight_bypass,
+        unauthenticated,
+    };
+    // Only over rules that compiled whole: a rule missing an invalid glob is not the rule written.
+    let shadowed = if c.errors.len() == before {
+        policy.shadowed()
+    } else {
+        Vec::new()
+    };
+    for (j, by) in shadowed {
+        let how = if policy.rules[by].access() == RuleAccess::Deny {
+            format!("deny rule routes[{i}].rules[{by}] matches every request it matches (a deny rule wins wherever it stands)")
+        } else {
+            format!("routes[{i}].rules[{by}] comes first and matches every request it matches (the first matching rule decides)")
+        };
+        c.err(
+            format!("routes[{i}].rules[{j}]"),
+            format!("this rule can never decide: {how}; put the narrower rule first or remove it"),
+        );
+    }
+    policy
 }

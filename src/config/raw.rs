@@ -182,4 +182,21 @@ pub struct RawRoute {
     pub tls_ca: Option<String>,
     pub upgrades: Option<Vec<String>>,
     pub allow_trace: Option<bool>,
+    pub cors_preflight: Option<String>,
+    pub unauthenticated: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// `[[routes.rules]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub paths: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub networks: Option<Vec<String>>,
+    pub not_networks: Option<Vec<String>>,
+    pub access: Option<String>,
+    pub allow_groups: Option<Vec<String>>,
+    pub allow_users: Option<Vec<String>>,
 }

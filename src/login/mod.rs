@@ -110,7 +110,7 @@ pub async fn endpoint(
                 Err(_) => Err(GatewayError::StoreUnavailable),
             }
         }
-        "/.auth/verify" => Ok(verify(shared, rt, &req, &origin())),
+        "/.auth/verify" => verify(shared, rt, &req, conn, &origin()),
         "/.auth/jwks.json" => {
             get_only(&m)?;
             match rt.jwt.as_ref().and_then(|k| k.jwks_json()) {
@@ -788,17 +788,102 @@ fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
     r
 }
 
+/// The request a trusted forward-auth proxy asks `/.auth/verify` about: `X-Forwarded-Method`
+/// (default GET), `X-Forwarded-Host` and `X-Forwarded-Uri`, read only from a peer in
+/// `trusted_proxies` (from anyone else these headers were already removed). `Ok(None)`: no such
+/// description, verify answers for the credential alone.
+pub struct ForwardedRequest {
+    /// The method.
+    pub method: Method,
+    /// The host name, port removed.
+    pub host: Option<String>,
+    /// The normalised path.
+    pub path: String,
+}
+
+/// Reads a [`ForwardedRequest`] from `h`; malformed values are a 400, never a guess.
+pub fn forwarded_request(
+    rt: &Runtime,
+    h: &HeaderMap,
+    conn: &ConnInfo,
+) -> Result<Option<ForwardedRequest>, GatewayError> {
+    let trusted = rt
+        .config
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&conn.ip));
+    let Some(uri) = h.get("x-forwarded-uri").filter(|_| trusted) else {
+        return Ok(None);
+    };
+    let bad = || GatewayError::BadRequest("malformed X-Forwarded-Uri, -Method or -Host");
+    let uri = uri.to_str().map_err(|_| bad())?;
+    let raw_path = uri.split(['?', '#']).next().unwrap_or_default();
+    let path = crate::pipeline::path::normalize(raw_path)
+        .map_err(|_| bad())?
+        .into_owned();
+    let method = match h.get("x-forwarded-method") {
+        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| bad())?,
+        None => Method::GET,
+    };
+    let host = match h.get(&crate::pipeline::headers::X_FORWARDED_HOST) {
+        Some(v) => {
+            if !crate::pipeline::host_value_ok(v.as_bytes()) {
+                return Err(bad());
+            }
+            let s = v.to_str().map_err(|_| bad())?;
+            Some(
+                crate::pipeline::canonical_host(crate::pipeline::route::host_without_port(s))
+                    .to_ascii_lowercase(),
+            )
+        }
+        None => None,
+    };
+    Ok(Some(ForwardedRequest { method, host, path }))
+}
+
 /// Forward-auth for nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`: 200 with the
 /// identity headers, 401 when not logged in, 403 when `?allow_groups=`/`?allow_users=` exclude them.
-fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>, o: &Origin) -> Response<Body> {
-    let denials = rt.telemetry.metrics.gateway_route();
+/// When a trusted proxy describes the request (see [`forwarded_request`]) and a route matches
+/// it, that route's policy decides first, exactly as for a proxied request: a public rule answers
+/// 200 without identity, a deny rule 403, and the route's (or rule's) allow lists apply beside
+/// the query's.
+fn verify<B>(
+    shared: &Arc<Shared>,
+    rt: &Runtime,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    o: &Origin,
+) -> Result<Response<Body>, GatewayError> {
+    use crate::policy::Verdict;
+    let mut denials = rt.telemetry.metrics.gateway_route();
+    let mut route_lists = None;
+    if let Some(f) = forwarded_request(rt, req.headers(), conn)? {
+        if let Some(route) = rt.router.find(f.host.as_deref(), &f.path) {
+            denials = &route.metrics;
+            match crate::pipeline::route_verdict(rt, route, &f.method, &f.path, req.headers(), conn)
+                .1
+            {
+                Verdict::Public => return Ok(no_store(Response::new(Body::empty()))),
+                Verdict::Deny => {
+                    denials.denied();
+                    audit_verify_denied(rt, req, o, &denials.name, None, "deny_rule");
+                    return Err(GatewayError::Forbidden);
+                }
+                Verdict::Authenticate {
+                    allow_groups,
+                    allow_users,
+                } => route_lists = Some((allow_users, allow_groups)),
+            }
+        }
+    }
     let a = match authenticate(rt, &shared.live, req.headers()) {
         Ok(Some(a)) => a,
         Ok(None) => {
             denials.denied();
-            return GatewayError::Unauthenticated.into_response(false);
+            return Err(GatewayError::Unauthenticated);
         }
-        Err(_) => return GatewayError::StoreUnavailable.into_response(false),
+        Err(_) => return Err(GatewayError::StoreUnavailable),
     };
     let q = req.uri().query();
     let list = |name| {
@@ -809,39 +894,53 @@ fn verify<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>, o: &Origin) -
         })
     };
     let (groups, users) = (list("allow_groups"), list("allow_users"));
-    let allowed = match (&users, &groups) {
-        (None, None) => true,
-        _ => {
-            users
-                .as_ref()
-                .is_some_and(|u| u.iter().any(|x| **x == *a.user.username))
-                || groups
-                    .as_ref()
-                    .is_some_and(|g| g.iter().any(|x| a.user.groups.contains(x)))
-        }
-    };
-    if !allowed {
+    let by_query = crate::policy::admits(
+        users.as_deref(),
+        groups.as_deref(),
+        &a.user.username,
+        &a.user.groups,
+    );
+    let by_route = route_lists
+        .is_none_or(|(u, g)| crate::policy::admits(u, g, &a.user.username, &a.user.groups));
+    if !(by_query && by_route) {
         denials.denied();
-        let audit = &rt.telemetry.audit;
-        if audit.enabled() {
-            // Forward auth: the proxy in front decides which app this was for.
-            let mut e = AuditEvent::from(AuditKind::AccessDenied, "failure", o);
-            e.reason = Some("not_allowed");
-            e.user = Some(AuditUser::Known(a.user.username.to_string()));
-            e.route = Some(denials.name.clone());
-            e.credential = crate::auth::credential_hash(rt, req.headers(), &a.credential);
-            audit.emit(e);
-        }
-        return GatewayError::Forbidden.into_response(false);
+        audit_verify_denied(rt, req, o, &denials.name, Some(&a), "not_allowed");
+        return Err(GatewayError::Forbidden);
     }
     let mut r = Response::new(Body::empty());
     crate::pipeline::inject_identity(rt, r.headers_mut(), &a);
-    let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(c) = a.renew {
-        h.append(header::SET_COOKIE, c);
+        r.headers_mut().append(header::SET_COOKIE, c);
     }
+    Ok(no_store(r))
+}
+
+fn no_store(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+fn audit_verify_denied<B>(
+    rt: &Runtime,
+    req: &Request<B>,
+    o: &Origin,
+    route: &Arc<str>,
+    a: Option<&crate::auth::Authenticated>,
+    reason: &'static str,
+) {
+    let audit = &rt.telemetry.audit;
+    if !audit.enabled() {
+        return;
+    }
+    let mut e = AuditEvent::from(AuditKind::AccessDenied, "failure", o);
+    e.reason = Some(reason);
+    e.route = Some(route.clone());
+    if let Some(a) = a {
+        e.user = Some(AuditUser::Known(a.user.username.to_string()));
+        e.credential = crate::auth::credential_hash(rt, req.headers(), &a.credential);
+    }
+    audit.emit(e);
 }
 
 #[cfg(test)]

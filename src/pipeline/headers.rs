@@ -35,6 +35,13 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "x-forwarded-port",
     "x-real-ip",
     "forwarded",
+    // What a forward-auth proxy says the request was (`/.auth/verify` reads them from trusted
+    // peers only); also an old rewrite-module bypass when an app honours them.
+    "x-forwarded-method",
+    "x-forwarded-uri",
+    "x-original-method",
+    "x-original-uri",
+    "x-original-url",
 ];
 
 /// Whether a configured identity header name would collide with a header the gateway manages.

@@ -149,6 +149,8 @@ pub enum Deny {
     Forbidden(Box<Authenticated>),
     /// The live-state store cannot vouch for the credential right now (503 + Retry-After).
     Unavailable,
+    /// A `deny` rule matched (403 whoever asks).
+    Rule,
 }
 
 /// What to do with a request once the synchronous phases have run (borrowing route labels from
@@ -444,20 +446,59 @@ fn is_trace(m: &Method) -> bool {
     m.len() == 5 && (m.eq_ignore_ascii_case("TRACE") || m.eq_ignore_ascii_case("TRACK"))
 }
 
-/// Phase 4: authenticate and authorise for `route`. `Ok(None)` for public routes.
+/// The policy verdict of `route` for a request (see [`crate::policy`]): the client address is
+/// resolved through `trusted_proxies` only when a rule reads it, a preflight recognised only
+/// when the route bypasses them.
+pub fn route_verdict<'r>(
+    rt: &Runtime,
+    route: &'r Route,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    conn: &ConnInfo,
+) -> (crate::policy::DecidedBy, crate::policy::Verdict<'r>) {
+    let policy = &route.config.policy;
+    if policy.is_simple() {
+        return (crate::policy::DecidedBy::Route, policy.route_verdict());
+    }
+    let client = if policy.uses_network {
+        crate::login::client_ip(rt, headers, conn)
+    } else {
+        conn.ip
+    };
+    let facts = crate::policy::Facts {
+        method,
+        path,
+        client,
+        preflight: policy.preflight_bypass && crate::policy::is_preflight(method, headers),
+    };
+    policy.decide(&facts)
+}
+
+/// Phase 4: authenticate and authorise for `route`. `Ok(None)` when the request passes without
+/// a login (a public route or rule, a bypassed preflight).
 pub fn auth_phase<B>(
     rt: &Runtime,
     live: &Live,
     req: &Request<B>,
     route: &Route,
+    conn: &ConnInfo,
+    path: &str,
 ) -> Result<Option<Authenticated>, Deny> {
-    if !route.needs_auth() {
-        return Ok(None);
-    }
+    use crate::policy::Verdict;
+    let (allow_groups, allow_users) =
+        match route_verdict(rt, route, req.method(), path, req.headers(), conn).1 {
+            Verdict::Public => return Ok(None),
+            Verdict::Deny => return Err(Deny::Rule),
+            Verdict::Authenticate {
+                allow_groups,
+                allow_users,
+            } => (allow_groups, allow_users),
+        };
     let a = authenticate(rt, live, req.headers())
         .map_err(|_| Deny::Unavailable)?
         .ok_or(Deny::Unauthenticated)?;
-    if !route.allows(&a.user.username, &a.user.groups) {
+    if !crate::policy::admits(allow_users, allow_groups, &a.user.username, &a.user.groups) {
         return Err(Deny::Forbidden(Box::new(a)));
     }
     Ok(Some(a))
@@ -465,14 +506,23 @@ pub fn auth_phase<B>(
 
 /// The answer to a refused request: 302 to the login page for browser navigation, 401 JSON for
 /// everything else; 403 (page or JSON) when logged in but not allowed.
-pub fn deny_response<B>(rt: &Runtime, req: &Request<B>, path: &str, deny: Deny) -> Response<Body> {
+/// A route with `unauthenticated = "401"` never redirects.
+pub fn deny_response<B>(
+    rt: &Runtime,
+    req: &Request<B>,
+    path: &str,
+    deny: Deny,
+    unauthenticated: crate::policy::Unauthenticated,
+) -> Response<Body> {
     let html = wants_html(req.headers());
     match deny {
-        Deny::Forbidden(_) => return GatewayError::Forbidden.into_response(html),
+        Deny::Forbidden(_) | Deny::Rule => return GatewayError::Forbidden.into_response(html),
         Deny::Unavailable => return GatewayError::StoreUnavailable.into_response(html),
         Deny::Unauthenticated => {}
     }
-    let nav = (req.method() == Method::GET || req.method() == Method::HEAD) && html;
+    let nav = (req.method() == Method::GET || req.method() == Method::HEAD)
+        && html
+        && unauthenticated == crate::policy::Unauthenticated::Redirect;
     if !nav {
         return GatewayError::Unauthenticated.into_response(false);
     }
@@ -587,6 +637,7 @@ pub fn build_upstream_phase<B>(
 fn tunnel_scope<B>(
     rt: &Runtime,
     req: &Request<B>,
+    conn: &ConnInfo,
     path: &NormPath,
     auth: Option<&Authenticated>,
 ) -> Box<tunnel::TunnelScope> {
@@ -618,6 +669,8 @@ fn tunnel_scope<B>(
         credential,
         host: request_host(req).map(str::to_owned),
         path: path.to_string(),
+        method: req.method().clone(),
+        client: crate::login::client_ip(rt, req.headers(), conn),
     })
 }
 
@@ -674,23 +727,26 @@ pub fn decide_noting<'a, B>(
     // Upgrade means nothing in HTTP/1.0 (RFC 9110 §7.8), and only listed protocols are tunnelled.
     let http11 = req.version() == http::Version::HTTP_11;
     ctx.upgrade = ctx.upgrade.filter(|u| http11 && route.allows_upgrade(u));
-    let auth = match auth_phase(rt, live, req, route) {
+    let auth = match auth_phase(rt, live, req, route, conn, &ctx.path) {
         Ok(a) => a,
         Err(deny) => {
             if !matches!(deny, Deny::Unavailable) {
                 route.metrics.denied();
             }
-            if let Deny::Forbidden(a) = &deny {
-                audit_denied(rt, req, conn, request_id, route, a);
+            match &deny {
+                Deny::Forbidden(a) => audit_denied(rt, req, conn, request_id, route, Some(a)),
+                Deny::Rule => audit_denied(rt, req, conn, request_id, route, None),
+                _ => {}
             }
-            return Decision::Respond(deny_response(rt, req, &ctx.path, deny));
+            let unauth = route.config.policy.unauthenticated;
+            return Decision::Respond(deny_response(rt, req, &ctx.path, deny, unauth));
         }
     };
     // Before the gateway's cookie is removed: a tunnel keeps what it was opened with.
     let tunnel = ctx
         .upgrade
         .is_some()
-        .then(|| tunnel_scope(rt, req, &ctx.path, auth.as_ref()));
+        .then(|| tunnel_scope(rt, req, conn, &ctx.path, auth.as_ref()));
     build_upstream_phase(rt, req, route, &ctx, auth.as_ref());
     let renew = auth.and_then(|a| a.renew);
     match route.config.upstream {
@@ -829,14 +885,15 @@ fn upstream_error_kind(e: &GatewayError) -> crate::telemetry::metrics::UpstreamE
     }
 }
 
-/// The audit event of an authenticated user refused a route.
+/// The audit event of a request refused a route: an authenticated user not allowed
+/// (`not_allowed`), or anyone refused by a deny rule (`deny_rule`, `a` is `None`).
 fn audit_denied<B>(
     rt: &Runtime,
     req: &Request<B>,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     route: &Route,
-    a: &Authenticated,
+    a: Option<&Authenticated>,
 ) {
     use crate::telemetry::audit::{AuditEvent, AuditKind, AuditUser};
     let audit = &rt.telemetry.audit;
@@ -844,13 +901,19 @@ fn audit_denied<B>(
         return;
     }
     let mut e = AuditEvent::new(AuditKind::AccessDenied, "failure");
-    e.reason = Some("not_allowed");
-    e.user = Some(AuditUser::Known(a.user.username.to_string()));
+    e.reason = Some(if a.is_some() {
+        "not_allowed"
+    } else {
+        "deny_rule"
+    });
+    if let Some(a) = a {
+        e.user = Some(AuditUser::Known(a.user.username.to_string()));
+        e.credential = crate::auth::credential_hash(rt, req.headers(), &a.credential);
+    }
     e.client = Some(crate::login::client_ip(rt, req.headers(), conn));
     e.route = Some(route.metrics.name.clone());
     e.request_id = request_id.to_str().ok().map(Box::from);
     e.trace_id = crate::telemetry::trace::TraceId::of(req.headers());
-    e.credential = crate::auth::credential_hash(rt, req.headers(), &a.credential);
     audit.emit(e);
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::uri::PathAndQuery;
 
-use crate::config::{Access, HostMatch, RouteConfig, UpstreamTarget};
+use crate::config::{HostMatch, RouteConfig, UpstreamTarget};
 
 /// A route of the runtime snapshot.
 #[derive(Debug)]
@@ -22,30 +22,6 @@ pub struct Route {
 }
 
 impl Route {
-    /// Whether the route needs a logged-in user.
-    pub fn needs_auth(&self) -> bool {
-        self.config.access == Access::Authenticated
-    }
-
-    /// Whether `user` with `groups` may use this route (authenticated routes only).
-    pub fn allows(&self, user: &str, groups: &[String]) -> bool {
-        let by_user = self
-            .config
-            .allow_users
-            .as_ref()
-            .map(|u| u.iter().any(|x| x == user));
-        let by_group = self
-            .config
-            .allow_groups
-            .as_ref()
-            .map(|g| g.iter().any(|x| groups.contains(x)));
-        match (by_user, by_group) {
-            (None, None) => true,
-            (Some(a), None) | (None, Some(a)) => a,
-            (Some(a), Some(b)) => a || b,
-        }
-    }
-
     /// Whether the client's `Upgrade` value (a comma-separated list of `protocol[/version]`)
     /// names only protocols this route tunnels. Anything else is forwarded as a plain request
     /// without its upgrade headers (the upgrade headers are hop-by-hop and already removed).
@@ -202,14 +178,15 @@ mod tests {
                 path_prefix: prefix.trim_end_matches('/').into(),
                 upstream: UpstreamTarget::Whoami,
                 upstream_label: "builtin:whoami".into(),
-                access: Access::Public,
-                allow_groups: None,
-                allow_users: None,
                 preserve_host: false,
                 timeout: Duration::from_secs(1),
                 tls_ca: None,
                 upgrades: vec!["websocket".into()],
                 allow_trace: false,
+                policy: crate::policy::Policy {
+                    public: true,
+                    ..Default::default()
+                },
             },
             label: Arc::from("x"),
             metrics: Arc::new(crate::telemetry::metrics::Metrics::new("memory", false).route("x")),

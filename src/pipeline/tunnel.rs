@@ -67,6 +67,10 @@ pub struct TunnelScope {
     pub host: Option<String>,
     /// The normalised request path.
     pub path: String,
+    /// The request method (the rules may look at it).
+    pub method: http::Method,
+    /// The client address as resolved through `trusted_proxies` (the rules may look at it).
+    pub client: std::net::IpAddr,
 }
 
 /// One open tunnel.
@@ -256,9 +260,20 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
     let Some(route) = rt.router.find(scope.host.as_deref(), &scope.path) else {
         return false;
     };
-    if !route.needs_auth() {
-        return true;
-    }
+    let facts = crate::policy::Facts {
+        method: &scope.method,
+        path: &scope.path,
+        client: scope.client,
+        preflight: false,
+    };
+    let (allow_groups, allow_users) = match route.config.policy.decide(&facts).1 {
+        crate::policy::Verdict::Public => return true,
+        crate::policy::Verdict::Deny => return false,
+        crate::policy::Verdict::Authenticate {
+            allow_groups,
+            allow_users,
+        } => (allow_groups, allow_users),
+    };
     let user = match (&scope.credential, rt.config.auth.mode) {
         (TunnelCredential::Session(cookie), AuthMode::Session) => {
             let s = if active {
@@ -295,7 +310,7 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
         // Anonymous on a route that now needs a login, or a credential of the other mode.
         _ => None,
     };
-    user.is_some_and(|u| route.allows(&u.username, &u.groups))
+    user.is_some_and(|u| crate::policy::admits(allow_users, allow_groups, &u.username, &u.groups))
 }
 
 /// Re-checks every open tunnel every [`TUNNEL_CHECK_INTERVAL`] until aborted.
