@@ -380,6 +380,8 @@ async fn wait_for_signals(gw: &Gateway, path: &std::path::Path) {
                 // Reading files and building the snapshot (key parsing, a password hash) takes a
                 // while: off this thread, which also accepts and serves connections.
                 let (shared, path) = (gw.shared().clone(), path.to_owned());
+                // logrotate's postrotate sends SIGHUP: write audit events to the new file.
+                shared.runtime.load().telemetry.reopen_files();
                 let outcome = tokio::task::spawn_blocking(move || {
                     // Errors are logged inside, one line each.
                     let _ = authgate::server::reload_from_file(&shared, &path);

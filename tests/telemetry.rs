@@ -639,3 +639,71 @@ async fn access_log_with_a_consumer_that_never_reads_drops_and_counts_but_keeps_
     drop(err);
     drop(child);
 }
+
+#[tokio::test]
+async fn audit_file_is_reopened_on_sighup_after_log_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let rotated = dir.path().join("audit.jsonl.1");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nfile = \"{}\"\n\n{}[[routes]]\npath_prefix = \"/\"\nupstream = \"builtin:whoami\"\n",
+        audit.display(),
+        user_toml("alice", &[])
+    );
+    let (child, addr, mut err) = binary(dir.path(), &toml);
+    let login = || async {
+        let r = client()
+            .post(format!("http://{addr}/.auth/login"))
+            .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    };
+    login().await;
+    // What logrotate does: move the file away, then SIGHUP (postrotate).
+    std::fs::rename(&audit, &rotated).unwrap();
+    signal(&child, "HUP");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "the binary exited before reloading"
+        );
+        if line.contains("configuration reloaded") {
+            break;
+        }
+    }
+    login().await;
+    stop_and_collect(child, err);
+    let (_, old) = audit_events(&rotated);
+    let (_, new) = audit_events(&audit);
+    let kinds = |v: &[serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["event"].as_str().unwrap_or(""),
+                    e["outcome"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        kinds(&old),
+        ["login/success"],
+        "before the rotation: {old:?}"
+    );
+    assert!(
+        kinds(&new).contains(&"config_reload/success".to_string())
+            && kinds(&new).contains(&"login/success".to_string()),
+        "after the rotation, in a new file: {new:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the reopened audit file is private");
+    }
+}

@@ -9,6 +9,7 @@ pub mod server;
 pub mod sink;
 pub mod trace;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,50 @@ pub struct Telemetry {
     pub access: sink::Sink,
     /// `AUTHGATE_LOG_FORMAT`, read once: it overrides `[log] format`.
     format_override: Option<LogFormat>,
+    /// Set by SIGHUP: the audit file is reopened before the next write.
+    reopen: Arc<AtomicBool>,
+}
+
+/// `[audit] file`: appended to, mode 0600, reopened by path when asked (log rotation).
+struct AuditFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    reopen: Arc<AtomicBool>,
+}
+
+impl AuditFile {
+    fn open(path: std::path::PathBuf, reopen: Arc<AtomicBool>) -> std::io::Result<AuditFile> {
+        let file = Self::open_path(&path)?;
+        Ok(AuditFile { path, file, reopen })
+    }
+
+    fn open_path(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        o.open(path)
+    }
+}
+
+impl std::io::Write for AuditFile {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.reopen.swap(false, Ordering::AcqRel) {
+            match Self::open_path(&self.path) {
+                Ok(f) => self.file = f,
+                // Keep the old file rather than lose events; said once per attempt.
+                Err(e) => tracing::warn!(
+                    file = %self.path.display(),
+                    error = %e,
+                    "cannot reopen the audit file; still writing to the old one"
+                ),
+            }
+        }
+        self.file.write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Unix time in seconds.
@@ -59,14 +104,10 @@ impl Telemetry {
         let format_override = format_override();
         let format = format_override.unwrap_or(config.log.format);
         let a = &config.audit;
+        let reopen = Arc::new(AtomicBool::new(false));
         let (audit_sink, audit_format) = match a.file.as_ref().filter(|_| open_files) {
             Some(path) => {
-                let mut o = std::fs::OpenOptions::new();
-                o.create(true).append(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-                let f = o
-                    .open(path)
+                let f = AuditFile::open(path.clone(), reopen.clone())
                     .map_err(|e| format!("audit.file: cannot open {}: {e}", path.display()))?;
                 let sink = sink::Sink::spawn("authgate-audit", Box::new(f))
                     .map_err(|e| format!("cannot start the audit writer: {e}"))?;
@@ -99,7 +140,14 @@ impl Telemetry {
             audit: audit::Audit::new(a.enabled, audit_sink, audit_format, &key),
             access: sink::stderr().clone(),
             format_override,
+            reopen,
         }))
+    }
+
+    /// Asks the audit writer to reopen `[audit] file` before its next write (after logrotate
+    /// moved it away: SIGHUP). Never blocks; a failed reopen keeps writing to the old file.
+    pub fn reopen_files(&self) {
+        self.reopen.store(true, Ordering::Release);
     }
 
     /// The log format in force for `config`.
