@@ -152,6 +152,7 @@ fn alice_session(rt: &Runtime, live: &Live) -> String {
         .create(
             Arc::from("alice"),
             rt.users.get("alice").unwrap().password_version,
+            authgate::auth::factors::PWD,
         )
         .now_or_never()
         .expect("the memory store answers at once")
@@ -300,6 +301,7 @@ fn jwt_runtime(alg: &str, dir: &Path) -> (Runtime, Live, String) {
             authgate::auth::jwt::Stamp {
                 now_ms: now * 1000,
                 password_version: Some(user.password_version),
+                amr: authgate::auth::factors::PWD,
             },
             rt.config.auth.max_lifetime,
         )

@@ -27,6 +27,9 @@ pub enum GatewayError {
     /// Logged in but not allowed.
     #[error("forbidden")]
     Forbidden,
+    /// The route needs a second factor and the user has none enrolled.
+    #[error("no second factor enrolled")]
+    NoSecondFactor,
     /// The request came from another site (Origin, Referer or Sec-Fetch-Site says so).
     #[error("cross-site request refused")]
     CrossSite,
@@ -77,9 +80,10 @@ impl GatewayError {
             GatewayError::NoRoute | GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            GatewayError::Forbidden | GatewayError::CrossSite | GatewayError::CsrfToken => {
-                StatusCode::FORBIDDEN
-            }
+            GatewayError::Forbidden
+            | GatewayError::NoSecondFactor
+            | GatewayError::CrossSite
+            | GatewayError::CsrfToken => StatusCode::FORBIDDEN,
             GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -103,6 +107,9 @@ impl GatewayError {
             GatewayError::Unauthenticated => "authentication required",
             GatewayError::Forbidden => {
                 "you are signed in, but your account is not allowed to access this resource"
+            }
+            GatewayError::NoSecondFactor => {
+                "this page needs a second factor (an authenticator app), and your account has none; ask your administrator for an enrolment link"
             }
             GatewayError::CrossSite => {
                 "refused: this request was sent from another site (its Origin, Referer or Sec-Fetch-Site header does not match this gateway)"

@@ -60,6 +60,14 @@ enum Command {
         /// implies --method OPTIONS).
         #[arg(long)]
         preflight: bool,
+        /// How the user logged in: pwd (a password) or pwd,otp (and a second factor).
+        #[arg(long, default_value = "pwd")]
+        factors: String,
+    },
+    /// Second factors (TOTP) in `[auth] credentials_file`.
+    Totp {
+        #[command(subcommand)]
+        action: TotpAction,
     },
     /// Generate a JWT signing key: PEM private + public key, or an HS256 secret.
     GenJwtKey {
@@ -70,6 +78,77 @@ enum Command {
         #[arg(long, default_value = "certs/jwt-key")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TotpAction {
+    /// Enrol a user: prints the otpauth:// URI, a QR code and ten recovery codes (shown once).
+    Enroll {
+        /// A configured user.
+        #[arg(long)]
+        user: String,
+        /// Replace an existing enrolment (the old device and codes stop working).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a user's second factor (a lost device): they log in with the password alone.
+    Remove {
+        /// The user.
+        #[arg(long)]
+        user: String,
+    },
+}
+
+fn totp(config: &std::path::Path, action: TotpAction) -> anyhow::Result<i32> {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{e}");
+            }
+            return Ok(2);
+        }
+    };
+    let Some(cc) = cfg.auth.credentials.clone() else {
+        anyhow::bail!(
+            "{}: [auth] credentials_file and credentials_key_file (or credentials_key_env) are needed for second factors",
+            config.display()
+        );
+    };
+    match action {
+        TotpAction::Enroll { user, replace } => {
+            if !cfg.users.iter().any(|u| u.username == user) {
+                anyhow::bail!("no user {user:?} in {}", config.display());
+            }
+            let e = authgate::auth::credentials::enroll(&cc, &user, replace)
+                .map_err(anyhow::Error::msg)?;
+            println!("Second factor for {user} written to {}.", cc.file.display());
+            println!("Scan this with an authenticator app, or enter the key by hand:\n");
+            println!(
+                "{}",
+                authgate::auth::credentials::qr_terminal(&e.uri).map_err(anyhow::Error::msg)?
+            );
+            println!("otpauth URI: {}", e.uri);
+            println!("key (base32): {}\n", e.secret_base32);
+            println!("Recovery codes (each works once; shown only now, store them safely):");
+            for c in &e.recovery_codes {
+                println!("  {c}");
+            }
+            println!("\nA running gateway applies this when it reloads its configuration (by itself when it watches files, or on SIGHUP).");
+            Ok(0)
+        }
+        TotpAction::Remove { user } => {
+            if authgate::auth::credentials::remove(&cc, &user).map_err(anyhow::Error::msg)? {
+                println!(
+                    "Removed the second factor of {user}: they now log in with the password alone."
+                );
+                Ok(0)
+            } else {
+                println!("{user} had no second factor.");
+                Ok(1)
+            }
+        }
+    }
 }
 
 fn main() {
@@ -114,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             user,
             from,
             preflight,
+            factors,
         } => {
             authgate::server::tls::install_crypto_provider();
             let rt = match Config::load(&cli.config).and_then(authgate::state::Runtime::build) {
@@ -140,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 user,
                 from,
                 preflight,
+                factors: authgate::auth::factors::parse(factors.split(',').map(str::trim)),
             };
             print!(
                 "{}",
@@ -147,6 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
+        Command::Totp { action } => totp(&cli.config, action),
         Command::HashPassword => {
             let pw = read_password()?;
             println!(

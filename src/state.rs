@@ -27,6 +27,8 @@ pub struct Runtime {
     pub router: Router,
     /// Users by name, with prepared identity header values.
     pub users: Users,
+    /// Second factors (`[auth] credentials_file`), opened.
+    pub credentials: Option<Arc<crate::auth::credentials::Credentials>>,
     /// Normalised identity header names stripped from every client request.
     pub strip_names: NameSet,
     /// Normalised forwarding header names stripped unless the peer is trusted.
@@ -163,6 +165,23 @@ impl Runtime {
             })?)),
             _ => None,
         };
+        let credentials = match &config.auth.credentials {
+            Some(cc) => Some(Arc::new(
+                crate::auth::credentials::Credentials::load(cc).map_err(|errs| {
+                    ConfigErrors(
+                        errs.into_iter()
+                            .map(|(key, message)| ConfigError {
+                                file: file.clone(),
+                                key,
+                                line: None,
+                                message,
+                            })
+                            .collect(),
+                    )
+                })?,
+            )),
+            None => None,
+        };
         let tls = match &config.server.tls {
             Some(t) => {
                 Some(crate::server::tls::server_config(t).map_err(|m| err("server.tls", m))?)
@@ -198,6 +217,7 @@ impl Runtime {
             tls_not_after,
             router: Router::new(routes),
             users,
+            credentials,
             strip_names: NameSet::new(strip_names),
             forwarding_names: NameSet::new(FORWARDING_HEADERS.iter().map(|s| s.to_string())),
             upstreams: upstreams.into_iter().map(|(_, _, p)| p).collect(),
@@ -239,6 +259,8 @@ pub struct Live {
     pub token_cache: TokenCache,
     /// Failed-login counters.
     pub limiter: Arc<dyn LoginLimitStore>,
+    /// The second factor's live state.
+    pub otp: Arc<dyn crate::store::otp::OtpStore>,
     /// Bounds concurrent password verifications (and the queue in front of them).
     pub hash_pool: Arc<Semaphore>,
     /// Low-priority threads that verify passwords.
@@ -260,6 +282,7 @@ impl Live {
             )),
             Arc::new(Revocations::new(a.max_sessions)),
             Arc::new(LoginLimiter::new(a.into())),
+            Arc::new(crate::store::otp::MemoryOtp::new(a.otp_failures_per_minute)),
             false,
         )
     }
@@ -276,6 +299,7 @@ impl Live {
                     Arc::new(s.sessions),
                     Arc::new(s.revocations),
                     Arc::new(s.limits),
+                    Arc::new(s.otp),
                     true,
                 ))
             }
@@ -287,6 +311,7 @@ impl Live {
         sessions: Arc<dyn SessionStore>,
         revocations: Arc<dyn RevocationStore>,
         limiter: Arc<dyn LoginLimitStore>,
+        otp: Arc<dyn crate::store::otp::OtpStore>,
         remote: bool,
     ) -> Live {
         let a = &cfg.auth;
@@ -299,6 +324,7 @@ impl Live {
                     .map_or(crate::config::DEFAULT_JWT_CACHE_SIZE, |j| j.cache_size),
             ),
             limiter,
+            otp,
             hash_pool: Arc::new(Semaphore::new(a.login_concurrency)),
             hasher: crate::login::hashing::HashPool::new(a.login_concurrency),
             remote,

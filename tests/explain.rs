@@ -25,6 +25,11 @@ fn block_after(text: &str, marker: &str) -> String {
 
 fn authgate(config: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        // The README example takes its credentials key from the environment.
+        .env(
+            "AUTHGATE_CREDENTIALS_KEY",
+            "readme-example-key-0123456789abcdef",
+        )
         .arg("--config")
         .arg(config)
         .args(args)

@@ -154,6 +154,8 @@ pub struct VerifiedToken {
     /// Login session id, carried over sliding renewals: logout revokes it, so tokens renewed
     /// from (or into) the one presented at logout die with it.
     pub sid: String,
+    /// How the login was proved (the `amr` claim; a token without one: a password).
+    pub amr: crate::auth::factors::Amr,
     /// The revocation generation at which this (cached) token was last found not revoked.
     pub revocations_checked: RevocationMark,
 }
@@ -207,6 +209,8 @@ pub struct Stamp {
     pub now_ms: u64,
     /// The user's [`crate::auth::users::User::password_version`].
     pub password_version: Option<u64>,
+    /// How a new login was proved (a renewal keeps its login's).
+    pub amr: crate::auth::factors::Amr,
 }
 
 impl Stamp {
@@ -215,6 +219,7 @@ impl Stamp {
         Stamp {
             now_ms: now.saturating_mul(1000),
             password_version: None,
+            amr: crate::auth::factors::PWD,
         }
     }
 }
@@ -406,6 +411,7 @@ struct OutClaims<'a> {
     auth_time_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pwv: Option<&'a str>,
+    amr: Vec<&'static str>,
 }
 
 /// Only the members we act on; borrowed so the common (escape-free) header costs no allocation.
@@ -435,6 +441,7 @@ struct InClaims {
     sid: Option<String>,
     auth_time_ms: Option<u64>,
     pwv: Option<String>,
+    amr: Option<Vec<String>>,
     // Type-checked even though unused here, so a token with odd shapes is rejected early.
     #[allow(dead_code)]
     email: Option<String>,
@@ -599,7 +606,7 @@ impl JwtKeys {
             email,
             groups,
             prev.auth_time,
-            Some((&prev.sid, prev.auth_time_ms)),
+            Some((&prev.sid, prev.auth_time_ms, prev.amr)),
             stamp,
             max_lifetime,
         )
@@ -644,15 +651,16 @@ impl JwtKeys {
         email: Option<&str>,
         groups: &[String],
         auth_time: u64,
-        session: Option<(&str, u64)>,
+        session: Option<(&str, u64, crate::auth::factors::Amr)>,
         stamp: Stamp,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
-        // A renewal keeps its login session's id and login time; a new login starts both.
-        let (sid, auth_time_ms) = match session {
-            Some((sid, ms)) => (Some(sid), ms),
-            None if auth_time == stamp.now_ms / 1000 => (None, stamp.now_ms),
-            None => (None, auth_time.saturating_mul(1000)),
+        // A renewal keeps its login session's id, login time and factors; a new login starts
+        // them.
+        let (sid, auth_time_ms, amr) = match session {
+            Some((sid, ms, amr)) => (Some(sid), ms, amr),
+            None if auth_time == stamp.now_ms / 1000 => (None, stamp.now_ms, stamp.amr),
+            None => (None, auth_time.saturating_mul(1000), stamp.amr),
         };
         let now = stamp.now_ms / 1000;
         let pwv = stamp.password_version.map(pwv_claim);
@@ -693,6 +701,7 @@ impl JwtKeys {
             sid: &sid,
             auth_time_ms,
             pwv: pwv.as_deref(),
+            amr: crate::auth::factors::names(amr),
         };
         let payload = serde_json::to_vec(&claims)
             .map_err(|_| JwtError::Sign("cannot encode claims".into()))?;
@@ -718,6 +727,7 @@ impl JwtKeys {
                 exp,
                 auth_time,
                 sid,
+                amr,
                 revocations_checked: RevocationMark::default(),
             },
         })
@@ -822,6 +832,7 @@ impl JwtKeys {
                 }
             }
         };
+        let amr = crate::auth::factors::parse(c.amr.iter().flatten().map(String::as_str));
         Ok(VerifiedToken {
             sub,
             jti,
@@ -831,6 +842,7 @@ impl JwtKeys {
             exp,
             auth_time,
             sid,
+            amr,
             revocations_checked: RevocationMark::default(),
         })
     }
@@ -2548,6 +2560,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 Stamp {
                     now_ms: t * 1000 + 123,
                     password_version: Some(9),
+                    amr: crate::auth::factors::PWD | crate::auth::factors::OTP,
                 },
                 MAXL,
             )
@@ -2561,6 +2574,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
         let later = Stamp {
             now_ms: (t + 1) * 1000 + 900,
             password_version: Some(9),
+            amr: crate::auth::factors::PWD,
         };
         let renewed = k.renew_stamped(&v, None, &[], later, MAXL).unwrap();
         let r = k.verify(&renewed.token, t + 1, MAXL).unwrap();
@@ -2571,6 +2585,12 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
         );
         assert_eq!(r.sid, v.sid);
         assert_ne!(r.jti, v.jti);
+        let both = crate::auth::factors::PWD | crate::auth::factors::OTP;
+        assert_eq!(
+            (v.amr, r.amr),
+            (both, both),
+            "a renewal keeps the login's factors"
+        );
         let revs = crate::store::revocation::Revocations::new(10);
         revs.revoke_user_before("alice", t * 1000 + 500);
         assert!(revs.is_user_revoked("alice", r.auth_time_ms));
@@ -2728,6 +2748,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 exp: t + 600,
                 auth_time: t,
                 sid: "s".into(),
+                amr: crate::auth::factors::PWD,
                 revocations_checked: RevocationMark::default(),
             }),
         };

@@ -2,6 +2,8 @@
 //! behind two kinds of credential: a session cookie or a signed JWT.
 
 pub mod cookies;
+pub mod credentials;
+pub mod factors;
 pub mod jwt;
 pub mod password;
 pub mod users;
@@ -38,6 +40,24 @@ pub struct Authenticated {
     pub credential: Credential,
     /// A re-issued cookie (JWT sliding renewal) to send with the response.
     pub renew: Option<HeaderValue>,
+}
+
+impl Authenticated {
+    /// How the user proved it ([`factors`]).
+    pub fn amr(&self) -> factors::Amr {
+        match &self.credential {
+            Credential::Session(s) => s.amr,
+            Credential::Jwt(t) => t.amr,
+        }
+    }
+
+    /// When they logged in (Unix seconds).
+    pub fn auth_time(&self) -> u64 {
+        match &self.credential {
+            Credential::Session(s) => s.created_unix,
+            Credential::Jwt(t) => t.auth_time,
+        }
+    }
 }
 
 /// Where the raw credential was found.
@@ -249,7 +269,7 @@ fn renew_if_due(
     if vt.exp.saturating_sub(now) >= ttl / 2 || vt.exp >= deadline {
         return None;
     }
-    issue_jwt_cookie(rt, user, Some(vt), session::unix_now_ms()).ok()
+    issue_jwt_cookie(rt, user, Some(vt), session::unix_now_ms(), vt.amr).ok()
 }
 
 /// Issues a JWT for `user` — a new login, or the renewal of `prev` (same login session) — and
@@ -259,6 +279,7 @@ pub fn issue_jwt_cookie(
     user: &User,
     prev: Option<&jwt::VerifiedToken>,
     now_ms: u64,
+    amr: factors::Amr,
 ) -> Result<HeaderValue, String> {
     let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
     let max_lifetime = rt.config.auth.max_lifetime;
@@ -269,6 +290,7 @@ pub fn issue_jwt_cookie(
     let stamp = jwt::Stamp {
         now_ms,
         password_version: Some(user.password_version),
+        amr,
     };
     let issued = match prev {
         Some(p) => keys.renew_stamped(p, email, groups, stamp, max_lifetime),

@@ -169,6 +169,11 @@ pub struct AuditConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret read from somewhere safe.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
     /// The secret itself (hand it to the library that needs it; never log it).
     pub fn expose(&self) -> &str {
         &self.0
@@ -298,6 +303,8 @@ pub struct AuthConfig {
     pub cookie_name: String,
     /// Name of the CSRF cookie.
     pub csrf_cookie_name: String,
+    /// The cookie of a pending second step (`<name>_2fa`).
+    pub step_cookie_name: String,
     /// Inactivity limit (session mode).
     pub idle_timeout: Duration,
     /// Absolute limit since login.
@@ -310,6 +317,10 @@ pub struct AuthConfig {
     pub login_failures_per_minute_per_address: u32,
     /// Concurrent password verifications.
     pub login_concurrency: usize,
+    /// Wrong second-factor codes per minute and user before `429` (its own bucket).
+    pub otp_failures_per_minute: u32,
+    /// `credentials_file` and its key: TOTP secrets and recovery codes.
+    pub credentials: Option<crate::auth::credentials::CredentialsConfig>,
     /// `[auth.jwt]`, validated but with keys not yet loaded.
     pub jwt: Option<JwtConfig>,
 }
@@ -843,6 +854,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     let prefix = if https { "__Host-" } else { "" };
     let cookie_name = format!("{prefix}{base_cookie}");
     let csrf_cookie_name = format!("{prefix}{base_cookie}_csrf");
+    let step_cookie_name = format!("{prefix}{base_cookie}_2fa");
     let idle_timeout = c.duration(
         "auth.idle_timeout",
         raw.auth.idle_timeout.as_deref(),
@@ -882,6 +894,14 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         c.err("auth.login_concurrency", "must be at least 1");
     }
 
+    let otp_failures_per_minute = raw
+        .auth
+        .otp_failures_per_minute
+        .unwrap_or(DEFAULT_LOGIN_FAILURES_PER_MINUTE);
+    if otp_failures_per_minute == 0 {
+        c.err("auth.otp_failures_per_minute", "must be at least 1");
+    }
+    let credentials = validate_credentials(&raw.auth, file, &mut c);
     let jwt = match (&raw.auth.jwt, mode) {
         (Some(j), _) => validate_jwt(j, file, &mut c),
         (None, AuthMode::Jwt) => {
@@ -897,12 +917,15 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         mode,
         cookie_name,
         csrf_cookie_name,
+        step_cookie_name,
         idle_timeout,
         max_lifetime,
         max_sessions: max_sessions.max(1),
         login_failures_per_minute: login_failures_per_minute.max(1),
         login_failures_per_minute_per_address: login_failures_per_minute_per_address.max(1),
         login_concurrency: login_concurrency.max(1),
+        otp_failures_per_minute: otp_failures_per_minute.max(1),
+        credentials,
         jwt,
     };
 
@@ -1026,6 +1049,75 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         metrics,
         audit,
         users_file,
+    })
+}
+
+/// `credentials_file` with `credentials_key_file` or `credentials_key_env` (never inline). The
+/// file itself is opened when the snapshot is built (a missing one is empty).
+fn validate_credentials(
+    a: &raw::RawAuth,
+    file: &Path,
+    c: &mut Collector<'_>,
+) -> Option<crate::auth::credentials::CredentialsConfig> {
+    use crate::auth::credentials::{CredentialsConfig, MIN_KEY_BYTES};
+    let Some(f) = &a.credentials_file else {
+        if a.credentials_key_file.is_some() || a.credentials_key_env.is_some() {
+            c.err(
+                "auth.credentials_file",
+                "a credentials key is set but no credentials_file",
+            );
+        }
+        return None;
+    };
+    let key = match (&a.credentials_key_file, &a.credentials_key_env) {
+        (Some(_), Some(_)) => {
+            c.err(
+                "auth.credentials_key_file",
+                "set either credentials_key_file or credentials_key_env, not both",
+            );
+            None
+        }
+        (Some(k), None) => {
+            let p = resolve_path(file, k);
+            match std::fs::read_to_string(&p) {
+                Ok(s) if s.trim().len() >= MIN_KEY_BYTES => Some(Secret(s.trim().to_string())),
+                Ok(_) => {
+                    c.err(
+                        "auth.credentials_key_file",
+                        format!("{}: the key must hold at least {MIN_KEY_BYTES} bytes (e.g. `head -c 32 /dev/urandom | base64`)", p.display()),
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.err(
+                        "auth.credentials_key_file",
+                        format!("cannot read {}: {e}", p.display()),
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(env)) => match std::env::var(env) {
+            Ok(v) if v.trim().len() >= MIN_KEY_BYTES => Some(Secret(v.trim().to_string())),
+            _ => {
+                c.err(
+                    "auth.credentials_key_env",
+                    format!("environment variable {env} is not set or shorter than {MIN_KEY_BYTES} bytes"),
+                );
+                None
+            }
+        },
+        (None, None) => {
+            c.err(
+                "auth.credentials_key_file",
+                "credentials_file needs credentials_key_file or credentials_key_env (the key that encrypts the TOTP secrets; never inline)",
+            );
+            None
+        }
+    };
+    key.map(|key| CredentialsConfig {
+        file: resolve_path(file, f),
+        key,
     })
 }
 
@@ -1736,6 +1828,32 @@ fn validate_policy(
             Unauthenticated::Redirect
         }
     };
+    let require = |c: &mut Collector<'_>, key: String, v: &Option<String>| match v.as_deref() {
+        None => None,
+        Some("mfa") => Some(true),
+        Some("password") => Some(false),
+        Some(o) => {
+            c.err(
+                key,
+                format!("unknown level {o:?} (expected \"mfa\" or \"password\")"),
+            );
+            None
+        }
+    };
+    let max_age = |c: &mut Collector<'_>, key: String, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| c.duration(&key, Some(s), Duration::from_secs(3600)))
+    };
+    let level = crate::policy::Level {
+        mfa: require(c, key("require"), &r.require).unwrap_or(false),
+        max_auth_age: max_age(c, key("max_auth_age"), &r.max_auth_age),
+    };
+    if access == Access::Public && (r.require.is_some() || r.max_auth_age.is_some()) {
+        c.err(
+            key("require"),
+            "a public route cannot have require/max_auth_age; use access = \"authenticated\"",
+        );
+    }
     let mut rules = Vec::with_capacity(r.rules.len());
     for (j, raw) in r.rules.iter().enumerate() {
         let rkey = |k: &str| format!("routes[{i}].rules[{j}].{k}");
@@ -1805,7 +1923,19 @@ fn validate_policy(
         }
         allow_list(c, rkey("allow_groups"), &raw.allow_groups);
         allow_list(c, rkey("allow_users"), &raw.allow_users);
+        let require_mfa = require(c, rkey("require"), &raw.require);
+        let max_auth_age = max_age(c, rkey("max_auth_age"), &raw.max_auth_age);
+        if matches!(access, Some(RuleAccess::Public | RuleAccess::Deny))
+            && (raw.require.is_some() || raw.max_auth_age.is_some())
+        {
+            c.err(
+                rkey("require"),
+                "a public or deny rule cannot have require/max_auth_age",
+            );
+        }
         rules.push(Rule {
+            require_mfa,
+            max_auth_age,
             paths,
             methods,
             networks: networks_v,
@@ -1817,6 +1947,7 @@ fn validate_policy(
     }
     let policy = Policy {
         public: access == Access::Public,
+        level,
         allow_groups: r.allow_groups.clone(),
         allow_users: r.allow_users.clone(),
         uses_network: rules.iter().any(Rule::uses_network),

@@ -103,6 +103,10 @@ pub struct RawAuth {
     pub login_failures_per_minute: Option<u32>,
     pub login_failures_per_minute_per_address: Option<u32>,
     pub login_concurrency: Option<usize>,
+    pub otp_failures_per_minute: Option<u32>,
+    pub credentials_file: Option<String>,
+    pub credentials_key_file: Option<String>,
+    pub credentials_key_env: Option<String>,
     pub jwt: Option<RawJwt>,
 }
 
@@ -184,6 +188,8 @@ pub struct RawRoute {
     pub allow_trace: Option<bool>,
     pub cors_preflight: Option<String>,
     pub unauthenticated: Option<String>,
+    pub require: Option<String>,
+    pub max_auth_age: Option<String>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }
@@ -199,4 +205,6 @@ pub struct RawRule {
     pub access: Option<String>,
     pub allow_groups: Option<Vec<String>>,
     pub allow_users: Option<Vec<String>>,
+    pub require: Option<String>,
+    pub max_auth_age: Option<String>,
 }

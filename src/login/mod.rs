@@ -3,6 +3,7 @@
 
 pub mod hashing;
 pub mod page;
+mod second;
 
 /// Login-failure counters are live state: they live in [`crate::store`].
 pub use crate::store::limit;
@@ -22,9 +23,8 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::auth::session::unix_now;
-use crate::auth::{authenticate, cookies, issue_jwt_cookie, Authenticated, Credential};
+use crate::auth::{authenticate, cookies, Authenticated, Credential};
 use crate::body::Body;
-use crate::config::AuthMode;
 use crate::error::{wants_html, GatewayError};
 use crate::pipeline::headers::{find_cookie, CookieLookup, X_FORWARDED_FOR};
 use crate::pipeline::ConnInfo;
@@ -77,7 +77,7 @@ pub async fn endpoint(
             }
         }),
         "/.auth/login" => match m {
-            Method::GET | Method::HEAD => Ok(login_get(rt, &req)),
+            Method::GET | Method::HEAD => Ok(login_get(shared, rt, &req)),
             Method::POST => {
                 let o = origin();
                 let start = std::time::Instant::now();
@@ -90,6 +90,18 @@ pub async fn endpoint(
                     e.reason = Some("csrf");
                     rt.telemetry.audit.emit(e);
                 }
+                r
+            }
+            _ => Err(GatewayError::MethodNotAllowed),
+        },
+        "/.auth/login/otp" => match m {
+            Method::POST => {
+                let o = origin();
+                let start = std::time::Instant::now();
+                let r = second::code_post(shared, rt, req, &o).await;
+                rt.telemetry
+                    .metrics
+                    .login(login_result(&r), start.elapsed());
                 r
             }
             _ => Err(GatewayError::MethodNotAllowed),
@@ -310,11 +322,17 @@ fn check_csrf_token(
     }
 }
 
-fn login_get<B>(rt: &Runtime, req: &Request<B>) -> Response<Body> {
+fn login_get<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Response<Body> {
     let rd = safe_rd(
         &query_param(req.uri().query(), "rd").unwrap_or_else(|| "/".into()),
         &rt.config.server.public_origin,
     );
+    // A route asked for a second factor this session does not have: the code alone.
+    if query_param(req.uri().query(), "step_up").as_deref() == Some("mfa") {
+        if let Some(r) = second::step_up_page(shared, rt, req, &rd) {
+            return r;
+        }
+    }
     let (csrf, set) = csrf_token(rt, req.headers());
     let mut r = html(
         StatusCode::OK,
@@ -575,42 +593,16 @@ async fn login_post(
         });
     };
 
-    let cookie = match rt.config.auth.mode {
-        AuthMode::Session => {
-            let id = shared
-                .live
-                .sessions
-                .create(user.username.clone(), user.password_version)
-                .await
-                .map_err(store_error)?;
-            cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs())
-                .map_err(GatewayError::Internal)?
-        }
-        AuthMode::Jwt => issue_jwt_cookie(rt, &user, None, crate::auth::session::unix_now_ms())
-            .map_err(|e| {
-                tracing::error!(user = %user.username, error = %e, "cannot issue token");
-                GatewayError::Internal("token issue failed".into())
-            })?,
-    };
-    tracing::info!(client = %ip, user = %user.username, "login succeeded");
-    audit_login(
-        rt,
-        o,
-        AuditKind::Login,
-        "success",
-        None,
-        &user.username,
-        true,
-    );
-    let mut r = match kind {
-        Kind::Json => json(
-            StatusCode::OK,
-            serde_json::json!({"ok": true, "user": &*user.username, "redirect": rd}),
-        ),
-        Kind::Form => redirect(&format!("{}{}", rt.config.server.public_origin, rd)),
-    };
-    r.headers_mut().append(header::SET_COOKIE, cookie);
-    Ok(r)
+    // A second factor enrolled: the password alone is not a login.
+    if rt
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.get(&user.username).is_some())
+    {
+        tracing::info!(client = %ip, user = %user.username, "password accepted; second factor asked");
+        return second::begin(shared, rt, &user, &kind, &rd, &parts.headers).await;
+    }
+    second::mint(shared, rt, &user, crate::auth::factors::PWD, &kind, &rd, o).await
 }
 
 fn redirect(location: &str) -> Response<Body> {
@@ -780,7 +772,7 @@ fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
     let u = &a.user;
     let mut r = json(
         StatusCode::OK,
-        serde_json::json!({"user": &*u.username, "email": u.email, "name": u.name, "groups": u.groups, "mode": mode, "expires_at": expires}),
+        serde_json::json!({"user": &*u.username, "email": u.email, "name": u.name, "groups": u.groups, "mode": mode, "expires_at": expires, "amr": crate::auth::factors::names(a.amr()), "auth_time": a.auth_time()}),
     );
     if let Some(c) = &a.renew {
         r.headers_mut().append(header::SET_COOKIE, c.clone());
@@ -873,7 +865,8 @@ fn verify<B>(
                 Verdict::Authenticate {
                     allow_groups,
                     allow_users,
-                } => route_lists = Some((allow_users, allow_groups)),
+                    level,
+                } => route_lists = Some((allow_users, allow_groups, level)),
             }
         }
     }
@@ -901,11 +894,16 @@ fn verify<B>(
         &a.user.groups,
     );
     let by_route = route_lists
-        .is_none_or(|(u, g)| crate::policy::admits(u, g, &a.user.username, &a.user.groups));
+        .is_none_or(|(u, g, _)| crate::policy::admits(u, g, &a.user.username, &a.user.groups));
     if !(by_query && by_route) {
         denials.denied();
         audit_verify_denied(rt, req, o, &denials.name, Some(&a), "not_allowed");
         return Err(GatewayError::Forbidden);
+    }
+    if let Some((_, _, level)) = route_lists {
+        if let Some(step) = level.lacks(a.amr(), a.auth_time(), crate::auth::session::unix_now()) {
+            return Ok(crate::pipeline::step_up_json(step));
+        }
     }
     let mut r = Response::new(Body::empty());
     crate::pipeline::inject_identity(rt, r.headers_mut(), &a);

@@ -50,3 +50,32 @@ pub fn logout_page(csrf: &str) -> String {
         csrf = attr(csrf),
     )
 }
+
+/// The second step of a login (or a step-up): a one-time code from the authenticator app, or a
+/// recovery code. Works without JavaScript; `one-time-code` lets phones offer the code, the
+/// numeric keyboard comes from `inputmode`.
+pub fn otp_page(csrf: &str, rd: &str, error: Option<&str>, step_up: bool) -> String {
+    let err = match error {
+        Some(e) => format!(
+            "<p class=\"error\" role=\"alert\" id=\"otp-error\">{}</p>",
+            text(e)
+        ),
+        None => String::new(),
+    };
+    let described = if error.is_some() {
+        " aria-describedby=\"otp-error\""
+    } else {
+        ""
+    };
+    let lead = if step_up {
+        "This page needs your second factor."
+    } else {
+        "Enter the code from your authenticator app."
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"same-origin\"><title>Verification code</title><style>{css}</style></head><body><main class=\"card\"><h1>Verification code</h1><p>{lead}</p>{err}<form method=\"post\" action=\"/.auth/login/otp\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\"><label for=\"code\">6-digit code</label><input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" pattern=\"[0-9 ]*\" maxlength=\"8\" autocomplete=\"one-time-code\" autofocus{described}><details><summary>Use a recovery code</summary><label for=\"recovery_code\">Recovery code</label><input id=\"recovery_code\" name=\"recovery_code\" type=\"text\" autocomplete=\"off\" autocapitalize=\"none\" spellcheck=\"false\" maxlength=\"32\"></details><button type=\"submit\">Verify</button></form></main></body></html>",
+        css = crate::PAGE_CSS,
+        csrf = attr(csrf),
+        rd = attr(rd),
+    )
+}

@@ -151,6 +151,8 @@ pub enum Deny {
     Unavailable,
     /// A `deny` rule matched (403 whoever asks).
     Rule,
+    /// Logged in and allowed, but below the level the route needs.
+    StepUp(crate::policy::StepUp, Box<Authenticated>),
 }
 
 /// What to do with a request once the synchronous phases have run (borrowing route labels from
@@ -486,20 +488,27 @@ pub fn auth_phase<B>(
     path: &str,
 ) -> Result<Option<Authenticated>, Deny> {
     use crate::policy::Verdict;
-    let (allow_groups, allow_users) =
+    let (allow_groups, allow_users, level) =
         match route_verdict(rt, route, req.method(), path, req.headers(), conn).1 {
             Verdict::Public => return Ok(None),
             Verdict::Deny => return Err(Deny::Rule),
             Verdict::Authenticate {
                 allow_groups,
                 allow_users,
-            } => (allow_groups, allow_users),
+                level,
+            } => (allow_groups, allow_users, level),
         };
     let a = authenticate(rt, live, req.headers())
         .map_err(|_| Deny::Unavailable)?
         .ok_or(Deny::Unauthenticated)?;
     if !crate::policy::admits(allow_users, allow_groups, &a.user.username, &a.user.groups) {
         return Err(Deny::Forbidden(Box::new(a)));
+    }
+    if level != crate::policy::Level::default() {
+        let now = crate::auth::session::unix_now();
+        if let Some(step) = level.lacks(a.amr(), a.auth_time(), now) {
+            return Err(Deny::StepUp(step, Box::new(a)));
+        }
     }
     Ok(Some(a))
 }
@@ -515,14 +524,28 @@ pub fn deny_response<B>(
     unauthenticated: crate::policy::Unauthenticated,
 ) -> Response<Body> {
     let html = wants_html(req.headers());
-    match deny {
-        Deny::Forbidden(_) | Deny::Rule => return GatewayError::Forbidden.into_response(html),
-        Deny::Unavailable => return GatewayError::StoreUnavailable.into_response(html),
-        Deny::Unauthenticated => {}
-    }
     let nav = (req.method() == Method::GET || req.method() == Method::HEAD)
         && html
         && unauthenticated == crate::policy::Unauthenticated::Redirect;
+    let step_up = match deny {
+        Deny::Forbidden(_) | Deny::Rule => return GatewayError::Forbidden.into_response(html),
+        Deny::Unavailable => return GatewayError::StoreUnavailable.into_response(html),
+        Deny::StepUp(step, a) => {
+            let enrolled = rt
+                .credentials
+                .as_ref()
+                .is_some_and(|c| c.get(&a.user.username).is_some());
+            if step == crate::policy::StepUp::Mfa && !enrolled {
+                return GatewayError::NoSecondFactor.into_response(html);
+            }
+            if !nav {
+                // Never a redirect that would drop a request's body: the client steps up itself.
+                return step_up_json(step);
+            }
+            Some(step)
+        }
+        Deny::Unauthenticated => None,
+    };
     if !nav {
         return GatewayError::Unauthenticated.into_response(false);
     }
@@ -533,9 +556,10 @@ pub fn deny_response<B>(
         rd.push_str(q);
     }
     let location = format!(
-        "{}/.auth/login?rd={}",
+        "{}/.auth/login?rd={}{}",
         rt.config.server.public_origin,
-        percent_encoding::utf8_percent_encode(&rd, crate::login::QUERY_VALUE)
+        percent_encoding::utf8_percent_encode(&rd, crate::login::QUERY_VALUE),
+        step_up.map_or(String::new(), |s| format!("&step_up={}", s.as_str()))
     );
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::FOUND;
@@ -545,6 +569,28 @@ pub fn deny_response<B>(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// `401` telling an API client what to prove: `{"error": "step_up_required", "require": "mfa"}`
+/// (the second factor, `POST /.auth/login/otp`) or `"fresh"` (log in again).
+pub fn step_up_json(step: crate::policy::StepUp) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": "step_up_required",
+        "require": step.as_str(),
+        "message": match step {
+            crate::policy::StepUp::Mfa => "this resource needs a second factor: POST the code to /.auth/login/otp",
+            crate::policy::StepUp::Fresh => "this resource needs a recent login: sign in again",
+        },
+    });
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// Sets the identity headers (names from the snapshot, values prepared once per user).
@@ -580,6 +626,7 @@ pub fn build_upstream_phase<B>(
         &[
             &rt.config.auth.cookie_name,
             &rt.config.auth.csrf_cookie_name,
+            &rt.config.auth.step_cookie_name,
         ],
     );
     if rt.bearer_enabled() {

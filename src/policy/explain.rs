@@ -22,6 +22,8 @@ pub struct Question {
     pub from: IpAddr,
     /// Whether the request is a CORS preflight.
     pub preflight: bool,
+    /// How the user proved it (`pwd`, `pwd,otp`).
+    pub factors: crate::auth::factors::Amr,
 }
 
 fn list(v: &[impl std::fmt::Display]) -> String {
@@ -53,6 +55,18 @@ impl Rule {
         }
         if let Some(u) = &self.allow_users {
             parts.push(format!("allow_users = {}", list(u)));
+        }
+        if let Some(m) = self.require_mfa {
+            parts.push(format!(
+                "require = \"{}\"",
+                if m { "mfa" } else { "password" }
+            ));
+        }
+        if let Some(a) = self.max_auth_age {
+            parts.push(format!(
+                "max_auth_age = \"{}\"",
+                humantime::format_duration(a)
+            ));
         }
         if parts.is_empty() {
             "(no conditions: matches every request)".into()
@@ -146,6 +160,12 @@ pub fn explain(rt: &Runtime, q: &Question) -> Result<String, String> {
             if let Some(u) = &c.policy.allow_users {
                 let _ = write!(d, ", allow_users = {}", list(u));
             }
+            if c.policy.level.mfa {
+                d.push_str(", require = \"mfa\"");
+            }
+            if let Some(a) = c.policy.level.max_auth_age {
+                let _ = write!(d, ", max_auth_age = \"{}\"", humantime::format_duration(a));
+            }
             let rules = if c.policy.rules.is_empty() {
                 "no rules"
             } else {
@@ -160,6 +180,7 @@ pub fn explain(rt: &Runtime, q: &Question) -> Result<String, String> {
         Verdict::Authenticate {
             allow_groups,
             allow_users,
+            level,
         } => match user {
             None => match c.policy.unauthenticated {
                 Unauthenticated::Redirect => {
@@ -168,8 +189,36 @@ pub fn explain(rt: &Runtime, q: &Question) -> Result<String, String> {
                 Unauthenticated::Status401 => "login required (401)".into(),
             },
             Some(u) => {
-                if super::admits(allow_users, allow_groups, &u.username, &u.groups) {
-                    format!("allow (as {}, groups {})", u.username, list(&u.groups))
+                let factors = crate::auth::factors::names(q.factors).join(",");
+                if !super::admits(allow_users, allow_groups, &u.username, &u.groups) {
+                    format!(
+                        "deny (403, {} with groups {} is not in the allow lists)",
+                        u.username,
+                        list(&u.groups)
+                    )
+                } else if level.lacks(q.factors, 0, 0) == Some(super::StepUp::Mfa) {
+                    let enrolled = rt
+                        .credentials
+                        .as_ref()
+                        .is_some_and(|c| c.get(&u.username).is_some());
+                    if enrolled {
+                        format!("step up (a second factor is needed; {} logged in with {factors}: asked for the code, then sent back)", u.username)
+                    } else {
+                        format!(
+                            "deny (403, a second factor is needed and {} has none enrolled)",
+                            u.username
+                        )
+                    }
+                } else if super::admits(allow_users, allow_groups, &u.username, &u.groups) {
+                    let age = level
+                        .max_auth_age
+                        .map(|a| format!(", login at most {} old", humantime::format_duration(a)))
+                        .unwrap_or_default();
+                    format!(
+                        "allow (as {}, groups {}, factors {factors}{age})",
+                        u.username,
+                        list(&u.groups)
+                    )
                 } else {
                     format!(
                         "deny (403, {} with groups {} is not in the allow lists)",

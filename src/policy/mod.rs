@@ -55,6 +55,10 @@ pub struct Rule {
     pub allow_groups: Option<Vec<String>>,
     /// Users allowed; `None`: the route's.
     pub allow_users: Option<Vec<String>>,
+    /// `require = "mfa"`; `None`: the route's.
+    pub require_mfa: Option<bool>,
+    /// `max_auth_age`; `None`: the route's.
+    pub max_auth_age: Option<std::time::Duration>,
 }
 
 impl Rule {
@@ -163,7 +167,54 @@ pub enum Verdict<'r> {
         allow_groups: Option<&'r [String]>,
         /// Users admitted.
         allow_users: Option<&'r [String]>,
+        /// How strongly, and how recently, they must have proved it.
+        level: Level,
     },
+}
+
+/// The strength a request needs beyond "logged in".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Level {
+    /// A second factor (`amr` with `otp`).
+    pub mfa: bool,
+    /// The login at most this long ago.
+    pub max_auth_age: Option<std::time::Duration>,
+}
+
+/// What a logged-in user below the [`Level`] must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUp {
+    /// Prove the second factor.
+    Mfa,
+    /// Log in again (the login is older than `max_auth_age`).
+    Fresh,
+}
+
+impl StepUp {
+    /// The `step_up` query value and JSON `require` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepUp::Mfa => "mfa",
+            StepUp::Fresh => "fresh",
+        }
+    }
+}
+
+impl Level {
+    /// What a credential proved by `amr` at `auth_time` lacks at `now` (`None`: enough).
+    pub fn lacks(
+        &self,
+        amr: crate::auth::factors::Amr,
+        auth_time: u64,
+        now: u64,
+    ) -> Option<StepUp> {
+        if let Some(max) = self.max_auth_age {
+            if now.saturating_sub(auth_time) > max.as_secs() {
+                return Some(StepUp::Fresh);
+            }
+        }
+        (self.mfa && !crate::auth::factors::is_multi_factor(amr)).then_some(StepUp::Mfa)
+    }
 }
 
 /// A route's policy, compiled with the route.
@@ -175,6 +226,8 @@ pub struct Policy {
     pub allow_groups: Option<Vec<String>>,
     /// The route's allow lists.
     pub allow_users: Option<Vec<String>>,
+    /// The route's `require` and `max_auth_age`.
+    pub level: Level,
     /// `[[routes.rules]]`, in order.
     pub rules: Vec<Rule>,
     /// `cors_preflight = "bypass"`.
@@ -218,6 +271,10 @@ impl Policy {
                     RuleAccess::Authenticated => Verdict::Authenticate {
                         allow_groups: r.allow_groups.as_deref().or(self.allow_groups.as_deref()),
                         allow_users: r.allow_users.as_deref().or(self.allow_users.as_deref()),
+                        level: Level {
+                            mfa: r.require_mfa.unwrap_or(self.level.mfa),
+                            max_auth_age: r.max_auth_age.or(self.level.max_auth_age),
+                        },
                     },
                 };
                 (DecidedBy::Rule(i), v)
@@ -234,6 +291,7 @@ impl Policy {
             Verdict::Authenticate {
                 allow_groups: self.allow_groups.as_deref(),
                 allow_users: self.allow_users.as_deref(),
+                level: self.level,
             }
         }
     }

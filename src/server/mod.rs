@@ -276,6 +276,7 @@ fn reload_locked(shared: &Shared, config: Config) -> Result<(), crate::config::C
     live.sessions
         .set_limits(a.idle_timeout, a.max_lifetime, a.max_sessions);
     live.limiter.set_limits(a.into());
+    live.otp.set_limit(a.otp_failures_per_minute);
     let old = shared.runtime.swap(Arc::new(rt));
     for pool in &old.upstreams {
         pool.retire();

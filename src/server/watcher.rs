@@ -287,12 +287,19 @@ fn check(shared: &Shared, armed: &mut Armed) -> Outcome {
     }
 }
 
-/// The config file and the users file (if any) of the snapshot in force.
+/// The config file, the users file and the credentials file (if any) of the snapshot in force.
 fn watched_files(shared: &Shared) -> Vec<PathBuf> {
     let rt = shared.runtime.load();
     let c = &rt.config;
     let mut files = vec![c.source.clone()];
     files.extend(c.users_file.clone().filter(|u| *u != c.source));
+    files.extend(
+        c.auth
+            .credentials
+            .as_ref()
+            .map(|cc| cc.file.clone())
+            .filter(|f| !files.contains(f)),
+    );
     files
 }
 

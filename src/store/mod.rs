@@ -4,7 +4,9 @@
 //! Three interfaces, each with an in-memory backend (the default) and a Redis backend:
 //! - [`session::SessionStore`] — opaque session ids → user, login time, password version;
 //! - [`revocation::RevocationStore`] — revoked token ids and per-user not-before times;
-//! - [`limit::LoginLimitStore`] — failed-login counters per username and per address.
+//! - [`limit::LoginLimitStore`] — failed-login counters per username and per address;
+//! - [`otp::OtpStore`] — accepted TOTP steps, used recovery codes, wrong-code counters and
+//!   pending second steps.
 //!
 //! Reads on the request path are synchronous: the memory backend answers from its maps, the Redis
 //! backend from its in-process L1 cache ([`redis`]). Only a session the L1 does not hold makes a
@@ -17,6 +19,7 @@
 //! — never an anonymous request, a redirect to the login page or a cleared cookie.
 
 pub mod limit;
+pub mod otp;
 pub mod redis;
 pub mod revocation;
 pub mod session;

@@ -222,6 +222,7 @@ enum Cached {
     Present {
         username: Arc<str>,
         password_version: u64,
+        amr: crate::auth::factors::Amr,
         created_ms: u64,
         /// Latest use known here (Unix ms): our own requests, or another instance's touch.
         last_ms: AtomicU64,
@@ -304,6 +305,7 @@ impl RedisSessions {
             Cached::Present {
                 username,
                 password_version,
+                amr,
                 created_ms,
                 last_ms,
                 written_ms,
@@ -355,6 +357,7 @@ impl RedisSessions {
                     username: username.clone(),
                     created_unix: created_ms / 1000,
                     password_version: *password_version,
+                    amr: *amr,
                 }))
             }
         }
@@ -388,7 +391,7 @@ impl RedisSessions {
                     None => Cached::Absent {
                         fetched: Instant::now(),
                     },
-                    Some((username, password_version, created_ms)) => {
+                    Some((username, password_version, created_ms, amr)) => {
                         let local = match self.l1.get(&d).as_deref() {
                             Some(Cached::Present { last_ms, .. }) => {
                                 last_ms.load(Ordering::Relaxed)
@@ -399,6 +402,7 @@ impl RedisSessions {
                         Cached::Present {
                             username: Arc::from(username),
                             password_version,
+                            amr,
                             created_ms,
                             last_ms: AtomicU64::new(last),
                             written_ms: AtomicU64::new(touch.unwrap_or(created_ms)),
@@ -432,13 +436,18 @@ impl RedisSessions {
     }
 }
 
-/// `username \n password version \n login ms`.
-fn parse_record(v: &str) -> Option<(&str, u64, u64)> {
+/// `username \n password version \n login ms [\n amr]` (records written before `amr` existed
+/// have three lines: a password login).
+fn parse_record(v: &str) -> Option<(&str, u64, u64, crate::auth::factors::Amr)> {
     let mut it = v.split('\n');
     let username = it.next().filter(|u| !u.is_empty())?;
     let pwv = it.next()?.parse().ok()?;
     let created = it.next()?.parse().ok()?;
-    it.next().is_none().then_some((username, pwv, created))
+    let amr = match it.next() {
+        None => crate::auth::factors::PWD,
+        Some(a) => crate::auth::factors::parse(a.split(',')),
+    };
+    it.next().is_none().then_some((username, pwv, created, amr))
 }
 
 impl SessionStore for Arc<RedisSessions> {
@@ -446,6 +455,7 @@ impl SessionStore for Arc<RedisSessions> {
         &self,
         username: Arc<str>,
         password_version: u64,
+        amr: crate::auth::factors::Amr,
     ) -> BoxFuture<'_, Result<String, StoreError>> {
         Box::pin(async move {
             let key = random_key().map_err(StoreError::Internal)?;
@@ -454,7 +464,10 @@ impl SessionStore for Arc<RedisSessions> {
             let now_ms = unix_now_ms();
             let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
             let end = now_ms.saturating_add(lifetime);
-            let record = format!("{username}\n{password_version}\n{now_ms}");
+            let record = format!(
+                "{username}\n{password_version}\n{now_ms}\n{}",
+                crate::auth::factors::names(amr).join(",")
+            );
             let index = self.link.key("u:", &username);
             let mut p = redis::pipe();
             p.atomic()
@@ -486,6 +499,7 @@ impl SessionStore for Arc<RedisSessions> {
                 Cached::Present {
                     username,
                     password_version,
+                    amr,
                     created_ms: now_ms,
                     last_ms: AtomicU64::new(now_ms),
                     written_ms: AtomicU64::new(now_ms),
@@ -892,6 +906,114 @@ impl LoginLimitStore for Arc<RedisLimits> {
     }
 }
 
+/// Sets KEYS[1] to ARGV[1] (expiring in ARGV[2] ms) when it holds an earlier step or none;
+/// returns whether it did (an accepted TOTP step).
+const ACCEPT_STEP: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '-1') \
+     if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+     return 0";
+
+/// How long an accepted TOTP step is remembered: well past the ±1 step window.
+const STEP_TTL_MS: u64 = 3600 * 1000;
+
+/// The second factor's live state on Redis (`<p>o:` keys, outside the tracked prefixes: nothing
+/// here is cached in-process, every answer is Redis's).
+pub struct RedisOtp {
+    link: Arc<Link>,
+    per_minute: std::sync::atomic::AtomicU32,
+}
+
+impl crate::store::otp::OtpStore for Arc<RedisOtp> {
+    fn accept_step(&self, username: &str, step: u64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = self.link.key("o:s:", username);
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("EVAL")
+                .arg(ACCEPT_STEP)
+                .arg(1)
+                .arg(&key)
+                .arg(step)
+                .arg(STEP_TTL_MS);
+            let (n,): (i64,) = self.link.run(&p, WRITE_TIMEOUT).await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn use_once(&self, id: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let key = self.link.key("o:u:", id);
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("SET")
+                .arg(&key)
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(crate::store::otp::USED_CODE_TTL.as_millis() as u64);
+            let (set,): (Option<String>,) = self.link.run(&p, WRITE_TIMEOUT).await?;
+            Ok(set.is_some())
+        })
+    }
+
+    fn check(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        let key = self.link.key("o:f:", &username.to_ascii_lowercase());
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+            let (count, ttl): (Option<u32>, i64) = self.link.run(&p, FETCH_TIMEOUT).await?;
+            let limit = self.per_minute.load(Ordering::Relaxed).max(1);
+            Ok((count.unwrap_or(0) >= limit)
+                .then(|| (u64::try_from(ttl).unwrap_or(1000) / 1000).max(1)))
+        })
+    }
+
+    fn record_failure(&self, username: &str) {
+        let key = self.link.key("o:f:", &username.to_ascii_lowercase());
+        let mut p = redis::pipe();
+        p.cmd("EVAL")
+            .arg(COUNT_FAILURE)
+            .arg(1)
+            .arg(&key)
+            .arg(WINDOW.as_millis() as u64)
+            .ignore();
+        self.link.later(p);
+    }
+
+    fn set_limit(&self, per_minute: u32) {
+        self.per_minute.store(per_minute, Ordering::Relaxed);
+    }
+
+    fn put_pending(
+        &self,
+        ticket: &str,
+        pending: &crate::store::otp::Pending,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.link.key("o:p:", ticket);
+        let value = pending.encode();
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("PX")
+                .arg(crate::store::otp::PENDING_TTL.as_millis() as u64)
+                .ignore();
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await
+        })
+    }
+
+    fn take_pending(
+        &self,
+        ticket: &str,
+    ) -> BoxFuture<'_, Result<Option<crate::store::otp::Pending>, StoreError>> {
+        let key = self.link.key("o:p:", ticket);
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("GETDEL").arg(&key);
+            let (v,): (Option<String>,) = self.link.run(&p, WRITE_TIMEOUT).await?;
+            Ok(v.as_deref().and_then(crate::store::otp::Pending::decode))
+        })
+    }
+}
+
 /// The three Redis-backed stores, sharing one link.
 pub struct RedisStores {
     /// Sessions.
@@ -900,6 +1022,8 @@ pub struct RedisStores {
     pub revocations: Arc<RedisRevocations>,
     /// Login-failure counters.
     pub limits: Arc<RedisLimits>,
+    /// The second factor's state.
+    pub otp: Arc<RedisOtp>,
 }
 
 /// The connection URL with credentials and RESP3 (the password never leaves this function but
@@ -964,12 +1088,17 @@ pub fn open(cfg: &RedisConfig, auth: &crate::config::AuthConfig) -> Result<Redis
         local: LoginLimiter::new(auth.into()),
         limits: Mutex::new(auth.into()),
     });
+    let otp = Arc::new(RedisOtp {
+        link: link.clone(),
+        per_minute: std::sync::atomic::AtomicU32::new(auth.otp_failures_per_minute),
+    });
     tokio::spawn(writer(link.clone(), rx));
     tokio::spawn(track(client, sessions.clone(), revocations.clone()));
     Ok(RedisStores {
         sessions,
         revocations,
         limits,
+        otp,
     })
 }
 

@@ -39,6 +39,8 @@ pub struct SessionData {
     pub created_unix: u64,
     /// The user's password version at login ([`crate::auth::users::password_version`]).
     pub password_version: u64,
+    /// How they proved it ([`crate::auth::factors`]).
+    pub amr: crate::auth::factors::Amr,
 }
 
 /// A session store. Lookups are synchronous on purpose: the in-memory lookup is sub-microsecond
@@ -50,6 +52,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         username: Arc<str>,
         password_version: u64,
+        amr: crate::auth::factors::Amr,
     ) -> BoxFuture<'_, Result<String, StoreError>>;
     /// Looks a cookie value up, refreshing the idle timer.
     fn get(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable>;
@@ -103,6 +106,7 @@ pub trait SessionStore: Send + Sync + 'static {
 struct Slot {
     username: Arc<str>,
     password_version: u64,
+    amr: crate::auth::factors::Amr,
     /// Milliseconds since the store's epoch.
     created_ms: u64,
     /// Milliseconds since the store's epoch; updated on every authenticated request.
@@ -216,6 +220,7 @@ impl MemorySessionStore {
                     username: s.username.clone(),
                     created_unix: self.epoch_unix + s.created_ms / 1000,
                     password_version: s.password_version,
+                    amr: s.amr,
                 })
             }
         };
@@ -270,8 +275,9 @@ impl SessionStore for MemorySessionStore {
         &self,
         username: Arc<str>,
         password_version: u64,
+        amr: crate::auth::factors::Amr,
     ) -> BoxFuture<'_, Result<String, StoreError>> {
-        crate::store::ready(self.insert(username, password_version))
+        crate::store::ready(self.insert_with(username, password_version, amr))
     }
 
     #[inline]
@@ -313,6 +319,16 @@ impl SessionStore for MemorySessionStore {
 impl MemorySessionStore {
     /// Creates a session and returns its cookie value.
     pub fn insert(&self, username: Arc<str>, password_version: u64) -> Result<String, StoreError> {
+        self.insert_with(username, password_version, crate::auth::factors::PWD)
+    }
+
+    /// Creates a session proved by `amr` and returns its cookie value.
+    pub fn insert_with(
+        &self,
+        username: Arc<str>,
+        password_version: u64,
+        amr: crate::auth::factors::Amr,
+    ) -> Result<String, StoreError> {
         self.make_room();
         let key = random_key().map_err(StoreError::Internal)?;
         let now = self.now_ms();
@@ -321,6 +337,7 @@ impl MemorySessionStore {
             Slot {
                 username,
                 password_version,
+                amr,
                 created_ms: now,
                 last_ms: AtomicU64::new(now),
             },

@@ -93,6 +93,8 @@ pub struct AuditEvent {
     pub credential: Option<String>,
     /// A free-form, non-secret detail (a count, a file name).
     pub detail: Option<String>,
+    /// How a login was proved (RFC 8176 names, comma-separated: `pwd,otp`).
+    pub amr: Option<Box<str>>,
 }
 
 /// Where a request came from, for the events it causes.
@@ -130,6 +132,7 @@ impl AuditEvent {
             trace_id: None,
             credential: None,
             detail: None,
+            amr: None,
         }
     }
 
@@ -142,8 +145,9 @@ impl AuditEvent {
             None => ("user", None),
         };
         let client = self.client.map(|c| c.to_string());
-        let fields: [(&str, Option<&str>); 9] = [
+        let fields: [(&str, Option<&str>); 10] = [
             ("reason", self.reason),
+            ("amr", self.amr.as_deref()),
             (user_key, user),
             ("client", client.as_deref()),
             ("route", self.route.as_deref()),
