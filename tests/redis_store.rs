@@ -761,3 +761,107 @@ async fn an_idle_session_on_redis_is_refused_and_audited_as_expired() {
     assert!(!text.contains(alice.split_once('=').unwrap().1));
     gw.shutdown().await;
 }
+
+/// A cookie `name=value` pair from a response's Set-Cookie headers.
+fn cookie_named(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn second_factor_state_is_shared_pending_steps_replays_and_wrong_codes_across_instances() {
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("credentials.key");
+    std::fs::write(&key, "redis-test-credentials-key-0123456789").unwrap();
+    let file = shared.path().join("credentials.toml");
+    let extra = format!(
+        "[auth]\ncredentials_file = {:?}\ncredentials_key_file = {:?}\notp_failures_per_minute = 3\n",
+        file.to_str().unwrap(),
+        key.to_str().unwrap()
+    );
+    let cfg = config(&up, &r, &extra);
+    let cc = authgate::auth::credentials::CredentialsConfig {
+        file: file.clone(),
+        key: authgate::config::Secret::new(std::fs::read_to_string(&key).unwrap()),
+    };
+    let e = authgate::auth::credentials::enroll(&cc, "alice", false).unwrap();
+    let t = totp_rs::Totp::from_url(&e.uri).unwrap();
+    let (a, b) = two_gateways(&cfg).await;
+    let password = |gw: &TestGateway| {
+        client()
+            .post(gw.url("/.auth/login"))
+            .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+            .send()
+    };
+    let code = |gw: &TestGateway, step: &str, code: String| {
+        client()
+            .post(gw.url("/.auth/login/otp"))
+            .header("cookie", step)
+            .json(&serde_json::json!({"code": code}))
+            .send()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // The password on A, the code on B: the pending step lives in Redis.
+    let res = password(&a).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let step = cookie_named(&res, "authgate_2fa").unwrap();
+    let good = t.generate(now()).to_string();
+    let res = code(&b, &step, good.clone()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let session = cookie_named(&res, "authgate").unwrap();
+    // The session made on B says pwd,otp on A too (the record carries amr).
+    let me: serde_json::Value = client()
+        .get(a.url("/.auth/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["amr"], serde_json::json!(["pwd", "otp"]));
+    // The same code on the other instance: a replay.
+    let res = password(&b).await.unwrap();
+    let step = cookie_named(&res, "authgate_2fa").unwrap();
+    let res = code(&a, &step, good.clone()).await.unwrap();
+    assert_eq!(res.status(), 401, "a code accepted on B is refused on A");
+    // Wrong codes on A fill the shared bucket (the replay counted as one): B answers 429.
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    for _ in 0..2 {
+        let res = password(&a).await.unwrap();
+        let step = cookie_named(&res, "authgate_2fa").unwrap();
+        assert_eq!(code(&a, &step, wrong.into()).await.unwrap().status(), 401);
+    }
+    // Failure counts are queued writes: give the queue a bounded moment to reach Redis.
+    let start = Instant::now();
+    loop {
+        let res = password(&b).await.unwrap();
+        let step = cookie_named(&res, "authgate_2fa").unwrap();
+        let s = code(&b, &step, wrong.into()).await.unwrap().status();
+        if s == 429 {
+            break;
+        }
+        assert_eq!(s, 401);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the wrong codes on A never counted on B"
+        );
+    }
+    let keys = r.command(&["KEYS", "test:o:*"]);
+    assert!(keys.contains("test:o:s:alice"), "{keys}");
+    assert!(!keys.contains(&good), "no code in a key: {keys}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
