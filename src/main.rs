@@ -91,6 +91,15 @@ enum TotpAction {
         #[arg(long)]
         replace: bool,
     },
+    /// Print a single-use link with which the user enrols their own device, after their password.
+    Invite {
+        /// A configured user.
+        #[arg(long)]
+        user: String,
+        /// How long the link works.
+        #[arg(long, default_value = "24h")]
+        valid: String,
+    },
     /// Remove a user's second factor (a lost device): they log in with the password alone.
     Remove {
         /// The user.
@@ -135,6 +144,24 @@ fn totp(config: &std::path::Path, action: TotpAction) -> anyhow::Result<i32> {
                 println!("  {c}");
             }
             println!("\nA running gateway applies this when it reloads its configuration (by itself when it watches files, or on SIGHUP).");
+            Ok(0)
+        }
+        TotpAction::Invite { user, valid } => {
+            if !cfg.users.iter().any(|u| u.username == user) {
+                anyhow::bail!("no user {user:?} in {}", config.display());
+            }
+            let valid = humantime::parse_duration(&valid)
+                .map_err(|e| anyhow::anyhow!("--valid {valid:?}: {e}"))?;
+            let token = authgate::auth::credentials::invite(&cc, &user, valid)
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "Enrolment link for {user} (single use, valid {}):",
+                humantime::format_duration(valid)
+            );
+            println!("{}/.auth/totp/enroll?t={token}", cfg.server.public_origin);
+            println!(
+                "Send it to {user} over a channel you trust; it works only with their password."
+            );
             Ok(0)
         }
         TotpAction::Remove { user } => {

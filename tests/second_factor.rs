@@ -641,3 +641,124 @@ async fn a_wrong_credentials_key_is_a_config_error_naming_the_entry() {
     assert!(err.contains("cannot decrypt"), "{err}");
     gw.shutdown().await;
 }
+
+/// The value of hidden input `name` in a page.
+fn hidden(page: &str, name: &str) -> String {
+    page.split(&format!("name=\"{name}\" value=\""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn invite_link_enrols_after_the_password_once_and_its_confirming_code_is_not_a_login() {
+    let up = Upstream::start().await;
+    let gw = start(&config(&up, "", "")).await;
+    let token = credentials::invite(&creds(&gw), "alice", Duration::from_secs(3600)).unwrap();
+    reload(&gw);
+    let link = format!("/.auth/totp/enroll?t={token}");
+    // Step 1: the page asks for alice's password (the link alone is not enough).
+    let r = client().get(gw.url(&link)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let csrf_cookie = cookie_named(&r, "authgate_csrf").unwrap();
+    let page = r.text().await.unwrap();
+    assert!(page.contains("alice"));
+    let csrf = hidden(&page, "csrf");
+    let post = |fields: Vec<(&'static str, String)>| {
+        client()
+            .post(gw.url("/.auth/totp/enroll"))
+            .header("cookie", &csrf_cookie)
+            .form(&fields)
+            .send()
+    };
+    let r = post(vec![
+        ("t", token.clone()),
+        ("csrf", csrf.clone()),
+        ("password", "wrong".into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = post(vec![
+        ("t", token.clone()),
+        ("csrf", csrf.clone()),
+        ("password", PASSWORD.into()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    // Step 2: an inline SVG QR code (no external assets) and the key to type in.
+    assert!(page.contains("<svg"), "{page}");
+    assert!(!page.contains("src=\"http"), "no external assets");
+    let key = page
+        .split("enter this key by hand: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    let sealed = hidden(&page, "sealed");
+    assert!(
+        !sealed.contains(&key),
+        "the hidden field holds the key sealed"
+    );
+    let secret = totp_rs::Secret::try_from_base32(&key).unwrap();
+    let t = totp_rs::Builder::new()
+        .with_secret(secret.as_ref().to_vec())
+        .build()
+        .unwrap();
+    let code = code_at(&t, now());
+    let r = post(vec![
+        ("t", token.clone()),
+        ("csrf", csrf.clone()),
+        ("sealed", sealed.clone()),
+        ("code", code.clone()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert_eq!(
+        page.matches("<li><code>").count(),
+        10,
+        "ten recovery codes: {page}"
+    );
+    // The link is spent.
+    let r = post(vec![
+        ("t", token.clone()),
+        ("csrf", csrf.clone()),
+        ("sealed", sealed),
+        ("code", code.clone()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401, "the confirming code is spent");
+    let file = std::fs::read_to_string(gw.dir.path().join("credentials.toml")).unwrap();
+    assert!(
+        file.contains("used_at"),
+        "the invite is marked used: {file}"
+    );
+    assert!(!file.contains(&token), "only the token's hash is stored");
+    reload(&gw);
+    assert_eq!(
+        client().get(gw.url(&link)).send().await.unwrap().status(),
+        404
+    );
+    // alice now needs the code to log in, and the confirming code is not one.
+    let r = login_with(&gw, "alice", serde_json::json!({"code": code})).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the enrolment's confirming code cannot be replayed as a login"
+    );
+    // The next step's code works (step-skew: the one after the confirming code).
+    let next = code_at(&t, now() + 30);
+    let r = login_with(&gw, "alice", serde_json::json!({"code": next})).await;
+    assert_eq!(r.status(), 200);
+    gw.shutdown().await;
+}

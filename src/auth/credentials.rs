@@ -156,6 +156,20 @@ fn new_recovery_code() -> Result<String, String> {
 struct FileFormat {
     #[serde(default)]
     totp: Vec<RawTotp>,
+    #[serde(default)]
+    invite: Vec<RawInvite>,
+}
+
+/// A single-use enrolment link (`authgate totp invite`): only the SHA-256 of its token is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInvite {
+    username: String,
+    hash: String,
+    /// Unix seconds.
+    expires_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    used_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +244,8 @@ pub struct Credentials {
     config: CredentialsConfig,
     keys: Keys,
     by_user: HashMap<String, Enrolment>,
+    /// Unused invites by token hash: (username, expiry).
+    invites: HashMap<String, (String, u64)>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -262,10 +278,10 @@ impl Credentials {
     /// are `(key, message)`, the key naming the entry (`<file>: totp[2].secret`).
     pub fn load(config: &CredentialsConfig) -> Result<Credentials, Vec<(String, String)>> {
         let keys = Keys::derive(&config.key);
-        let raw = read_file(&config.file).map_err(|e| vec![e])?;
+        let mut raw = read_file(&config.file).map_err(|e| vec![e])?;
         let mut by_user = HashMap::new();
         let mut errors = Vec::new();
-        for (i, t) in raw.totp.into_iter().enumerate() {
+        for (i, t) in std::mem::take(&mut raw.totp).into_iter().enumerate() {
             let key = |k: &str| format!("{}: totp[{i}].{k}", config.file.display());
             let totp = match keys
                 .open(&t.username, &t.secret)
@@ -302,10 +318,17 @@ impl Credentials {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let invites = raw
+            .invite
+            .into_iter()
+            .filter(|i| i.used_at.is_none())
+            .map(|i| (i.hash, (i.username, i.expires_at)))
+            .collect();
         Ok(Credentials {
             config: config.clone(),
             keys,
             by_user,
+            invites,
         })
     }
 
@@ -327,6 +350,47 @@ impl Credentials {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.config.file
+    }
+
+    /// The user an unused, unexpired invite token is for, and the token's hash.
+    pub fn invite(&self, token: &str, now: u64) -> Option<(&str, String)> {
+        let h = token_hash(token);
+        let (user, expires) = self.invites.get(&h)?;
+        (now < *expires).then_some((user.as_str(), h))
+    }
+
+    /// Seals a freshly made secret for the confirmation step of an enrolment (a hidden form
+    /// field): bound to the user, the invite and the time it was made.
+    pub fn seal_enrolment(
+        &self,
+        username: &str,
+        invite: &str,
+        secret: &[u8],
+        now: u64,
+    ) -> Result<String, String> {
+        let mut plain = now.to_be_bytes().to_vec();
+        plain.extend_from_slice(secret);
+        self.keys
+            .seal(&format!("enrol:{invite}:{username}"), &plain)
+    }
+
+    /// Opens [`Credentials::seal_enrolment`]'s output if it is at most `max_age` seconds old.
+    pub fn open_enrolment(
+        &self,
+        username: &str,
+        invite: &str,
+        sealed: &str,
+        now: u64,
+        max_age: u64,
+    ) -> Option<Vec<u8>> {
+        let plain = self
+            .keys
+            .open(&format!("enrol:{invite}:{username}"), sealed)
+            .ok()?;
+        let (t, secret) = plain.split_at_checked(8)?;
+        let made = u64::from_be_bytes(t.try_into().ok()?);
+        (now >= made && now - made <= max_age && secret.len() == SECRET_BYTES)
+            .then(|| secret.to_vec())
     }
 
     /// The keyed hash of `code` if it is one of `username`'s unused recovery codes.
@@ -413,6 +477,60 @@ fn open_private(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
     o.open(path)
 }
 
+/// SHA-256 hex of an invite token.
+fn token_hash(token: &str) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+}
+
+/// A new random TOTP secret.
+pub fn new_secret() -> Result<Vec<u8>, String> {
+    let mut secret = vec![0u8; SECRET_BYTES];
+    getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(secret)
+}
+
+/// The `otpauth://` URI of `secret` for `username`.
+pub fn otpauth_uri(secret: &[u8], username: &str) -> Result<String, String> {
+    build_totp(secret.to_vec(), username)?
+        .to_url()
+        .map_err(|e| format!("otpauth URI: {e:?}"))
+}
+
+/// The step `code` matches for `secret` at `now` (the confirmation of an enrolment).
+pub fn check_code(secret: &[u8], username: &str, code: &str, now: u64) -> Option<u64> {
+    let code = code.trim();
+    if code.len() != DIGITS as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    build_totp(secret.to_vec(), username).ok()?.check(code, now)
+}
+
+/// Writes a single-use enrolment invite for `username`, valid for `valid`; returns the token
+/// (only its hash is stored). An earlier unused invite of the user is replaced.
+pub fn invite(
+    config: &CredentialsConfig,
+    username: &str,
+    valid: std::time::Duration,
+) -> Result<String, String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    let token = URL_SAFE_NO_PAD.encode(b);
+    let hash = token_hash(&token);
+    let expires_at = crate::store::session::unix_now().saturating_add(valid.as_secs());
+    update(config, |data| {
+        data.invite
+            .retain(|i| !(i.username == username && i.used_at.is_none()));
+        data.invite.push(RawInvite {
+            username: username.to_string(),
+            hash,
+            expires_at,
+            used_at: None,
+        });
+        Ok(())
+    })?;
+    Ok(token)
+}
+
 /// Enrols `username`: a new secret and ten recovery codes, written to the file. Refuses a user
 /// already enrolled unless `replace`.
 pub fn enroll(
@@ -420,9 +538,20 @@ pub fn enroll(
     username: &str,
     replace: bool,
 ) -> Result<NewEnrolment, String> {
+    let secret = new_secret()?;
+    enroll_secret(config, username, secret, replace, None)
+}
+
+/// Enrols `username` with `secret` (confirmed through invite `used_invite`, which is marked
+/// used in the same write).
+pub fn enroll_secret(
+    config: &CredentialsConfig,
+    username: &str,
+    secret: Vec<u8>,
+    replace: bool,
+    used_invite: Option<&str>,
+) -> Result<NewEnrolment, String> {
     let keys = Keys::derive(&config.key);
-    let mut secret = vec![0u8; SECRET_BYTES];
-    getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
     let totp = build_totp(secret.clone(), username)?;
     let sealed = keys.seal(username, &secret)?;
     let codes: Vec<String> = (0..RECOVERY_CODES)
@@ -450,6 +579,17 @@ pub fn enroll(
             data.totp.remove(i);
         }
         data.totp.push(entry);
+        if let Some(h) = used_invite {
+            let now = crate::store::session::unix_now();
+            let Some(inv) = data
+                .invite
+                .iter_mut()
+                .find(|i| i.hash == h && i.username == username && i.used_at.is_none())
+            else {
+                return Err("the enrolment link was already used".into());
+            };
+            inv.used_at = Some(now);
+        }
         Ok(())
     })?;
     Ok(NewEnrolment {

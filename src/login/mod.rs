@@ -1,6 +1,7 @@
 //! Gateway endpoints under `/.auth/`: login, logout, me, verify, jwks, health. One login flow for
 //! both authentication modes; only the credential minted at the end differs.
 
+mod enrol;
 pub mod hashing;
 pub mod page;
 mod second;
@@ -103,6 +104,14 @@ pub async fn endpoint(
                     .metrics
                     .login(login_result(&r), start.elapsed());
                 r
+            }
+            _ => Err(GatewayError::MethodNotAllowed),
+        },
+        "/.auth/totp/enroll" => match m {
+            Method::GET | Method::HEAD => Ok(enrol::enrol_get(rt, &req)),
+            Method::POST => {
+                let o = origin();
+                enrol::enrol_post(shared, rt, req, &o).await
             }
             _ => Err(GatewayError::MethodNotAllowed),
         },
@@ -499,79 +508,8 @@ async fn login_post(
     if form.username.len() > 64 || form.password.len() > 1024 {
         return Err(GatewayError::BadRequest("username or password too long"));
     }
-    let user = rt.users.get(&form.username).cloned();
-    let limited = |e: GatewayError| {
-        if let GatewayError::TooManyRequests { .. } = e {
-            audit_login(
-                rt,
-                o,
-                AuditKind::LoginRateLimited,
-                "failure",
-                Some("too_many_failures"),
-                &form.username,
-                user.is_some(),
-            );
-        }
-        e
-    };
-    check_limit(shared, ip, &form.username)
-        .await
-        .map_err(limited)?;
-
-    let hash = user
-        .as_ref()
-        .map_or_else(|| rt.dummy_hash.clone(), |u| u.hash.clone());
-    let permit = match tokio::time::timeout(
-        HASH_QUEUE_WAIT,
-        shared.live.hash_pool.clone().acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        _ => return Err(GatewayError::TooManyRequests { retry_after: 1 }),
-    };
-    // Check again with a slot in hand: failures recorded while this attempt queued must count, or
-    // a burst of concurrent guesses would all pass the check above before any failure is recorded.
-    check_limit(shared, ip, &form.username)
-        .await
-        .map_err(limited)?;
-    let password = form.password;
-    let known = user.is_some();
-    let (state, username) = (Arc::clone(shared), form.username.clone());
-    let ok = shared
-        .live
-        .hasher
-        .run(move || {
-            let _permit = permit;
-            // Hash first, whether or not the user exists, so that both take the same time.
-            let matched = crate::auth::password::verify(&hash, password.as_bytes());
-            let ok = matched && known;
-            // Recorded before the slot is released (and even if the client has gone), so that the
-            // next queued attempt's check sees it.
-            if !ok {
-                state.live.limiter.record_failure(ip, &username);
-            }
-            ok
-        })
-        .await
-        .map_err(GatewayError::Internal)?;
-
-    let Some(user) = user.filter(|_| ok) else {
-        tracing::info!(client = %ip, "login failed");
-        let reason = if known {
-            "bad_password"
-        } else {
-            "unknown_user"
-        };
-        audit_login(
-            rt,
-            o,
-            AuditKind::Login,
-            "failure",
-            Some(reason),
-            &form.username,
-            known,
-        );
+    let user = check_password(shared, rt, &form.username, form.password, o).await?;
+    let Some(user) = user else {
         return Ok(match kind {
             Kind::Json => json(
                 StatusCode::UNAUTHORIZED,
@@ -603,6 +541,91 @@ async fn login_post(
         return second::begin(shared, rt, &user, &kind, &rd, &parts.headers).await;
     }
     second::mint(shared, rt, &user, crate::auth::factors::PWD, &kind, &rd, o).await
+}
+
+/// Checks `password` for `username` under the login limits, on the bounded hashing pool:
+/// `Some(user)` when right, `None` (audited, counted) when wrong or unknown — in the same time.
+pub(super) async fn check_password(
+    shared: &Arc<Shared>,
+    rt: &Runtime,
+    username: &str,
+    password: String,
+    o: &Origin,
+) -> Result<Option<Arc<crate::auth::users::User>>, GatewayError> {
+    let ip = o.client;
+    if username.len() > 64 || password.len() > 1024 {
+        return Err(GatewayError::BadRequest("username or password too long"));
+    }
+    let user = rt.users.get(username).cloned();
+    let limited = |e: GatewayError| {
+        if let GatewayError::TooManyRequests { .. } = e {
+            audit_login(
+                rt,
+                o,
+                AuditKind::LoginRateLimited,
+                "failure",
+                Some("too_many_failures"),
+                username,
+                user.is_some(),
+            );
+        }
+        e
+    };
+    check_limit(shared, ip, username).await.map_err(limited)?;
+
+    let hash = user
+        .as_ref()
+        .map_or_else(|| rt.dummy_hash.clone(), |u| u.hash.clone());
+    let permit = match tokio::time::timeout(
+        HASH_QUEUE_WAIT,
+        shared.live.hash_pool.clone().acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        _ => return Err(GatewayError::TooManyRequests { retry_after: 1 }),
+    };
+    // Check again with a slot in hand: failures recorded while this attempt queued must count, or
+    // a burst of concurrent guesses would all pass the check above before any failure is recorded.
+    check_limit(shared, ip, username).await.map_err(limited)?;
+    let known = user.is_some();
+    let (state, name) = (Arc::clone(shared), username.to_string());
+    let ok = shared
+        .live
+        .hasher
+        .run(move || {
+            let _permit = permit;
+            // Hash first, whether or not the user exists, so that both take the same time.
+            let matched = crate::auth::password::verify(&hash, password.as_bytes());
+            let ok = matched && known;
+            // Recorded before the slot is released (and even if the client has gone), so that the
+            // next queued attempt's check sees it.
+            if !ok {
+                state.live.limiter.record_failure(ip, &name);
+            }
+            ok
+        })
+        .await
+        .map_err(GatewayError::Internal)?;
+    if !ok {
+        tracing::info!(client = %ip, "login failed");
+        let reason = if known {
+            "bad_password"
+        } else {
+            "unknown_user"
+        };
+        audit_login(
+            rt,
+            o,
+            AuditKind::Login,
+            "failure",
+            Some(reason),
+            username,
+            known,
+        );
+        return Ok(None);
+    }
+    Ok(user)
 }
 
 fn redirect(location: &str) -> Response<Body> {

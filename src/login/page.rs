@@ -79,3 +79,72 @@ pub fn otp_page(csrf: &str, rd: &str, error: Option<&str>, step_up: bool) -> Str
         rd = attr(rd),
     )
 }
+
+fn shell(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"no-referrer\"><title>{t}</title><style>{css}</style></head><body><main class=\"card\"><h1>{t}</h1>{body}</main></body></html>",
+        t = text(title),
+        css = crate::PAGE_CSS,
+    )
+}
+
+fn error_para(error: Option<&str>) -> String {
+    error.map_or(String::new(), |e| {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", text(e))
+    })
+}
+
+/// Enrolment, step 1: the invited user proves their password.
+pub fn enrol_password_page(csrf: &str, token: &str, username: &str, error: Option<&str>) -> String {
+    shell(
+        "Set up your authenticator",
+        &format!(
+            "<p>Signing in as <strong>{user}</strong>.</p>{err}<form method=\"post\" action=\"/.auth/totp/enroll\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"t\" value=\"{token}\"><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required autofocus><button type=\"submit\">Continue</button></form>",
+            user = text(username),
+            err = error_para(error),
+            csrf = attr(csrf),
+            token = attr(token),
+        ),
+    )
+}
+
+/// Enrolment, step 2: scan the QR code (inline SVG) or type the key, then confirm with a code.
+pub fn enrol_scan_page(
+    csrf: &str,
+    token: &str,
+    sealed: &str,
+    svg: &str,
+    key_base32: &str,
+    error: Option<&str>,
+) -> String {
+    shell(
+        "Scan with your authenticator app",
+        &format!(
+            "<div class=\"qr\" role=\"img\" aria-label=\"QR code of your authenticator key\">{svg}</div><p>Or enter this key by hand: <code>{key}</code></p>{err}<form method=\"post\" action=\"/.auth/totp/enroll\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"t\" value=\"{token}\"><input type=\"hidden\" name=\"sealed\" value=\"{sealed}\"><label for=\"code\">Code shown by the app</label><input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" pattern=\"[0-9 ]*\" maxlength=\"8\" autocomplete=\"one-time-code\" required autofocus><button type=\"submit\">Confirm</button></form>",
+            key = text(key_base32),
+            err = error_para(error),
+            csrf = attr(csrf),
+            token = attr(token),
+            sealed = attr(sealed),
+        ),
+    )
+}
+
+/// Enrolment done: the recovery codes, shown this once.
+pub fn enrol_done_page(codes: &[String]) -> String {
+    let items: String = codes
+        .iter()
+        .map(|c| format!("<li><code>{}</code></li>", text(c)))
+        .collect();
+    shell(
+        "Your second factor is set up",
+        &format!(
+            "<p>Keep these recovery codes somewhere safe. Each works once, in place of a code, if you lose your device. They are shown only now.</p><ol class=\"codes\">{items}</ol><p><a href=\"/.auth/login\">Sign in</a></p>"
+        ),
+    )
+}
+
+/// A page with one message (an invalid link).
+pub fn message_page(title: &str, message: &str) -> String {
+    shell(title, &error_para(Some(message)))
+}

@@ -39,6 +39,8 @@ pub enum AuditKind {
     ConfigReload,
     /// The set of users changed with a reload.
     UsersReload,
+    /// A user enrolled a second factor (through an invite link).
+    SecondFactorEnrolled,
 }
 
 impl AuditKind {
@@ -46,6 +48,7 @@ impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AuditKind::Login => "login",
+            AuditKind::SecondFactorEnrolled => "second_factor_enrolled",
             AuditKind::LoginRateLimited => "login_rate_limited",
             AuditKind::Logout => "logout",
             AuditKind::SignOutEverywhere => "sign_out_everywhere",
