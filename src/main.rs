@@ -99,6 +99,9 @@ enum TotpAction {
         /// How long the link works.
         #[arg(long, default_value = "24h")]
         valid: String,
+        /// Let the link replace a second factor the user already has (a new device).
+        #[arg(long)]
+        replace: bool,
     },
     /// Remove a user's second factor (a lost device): they log in with the password alone.
     Remove {
@@ -146,13 +149,17 @@ fn totp(config: &std::path::Path, action: TotpAction) -> anyhow::Result<i32> {
             println!("\nA running gateway applies this when it reloads its configuration (by itself when it watches files, or on SIGHUP).");
             Ok(0)
         }
-        TotpAction::Invite { user, valid } => {
+        TotpAction::Invite {
+            user,
+            valid,
+            replace,
+        } => {
             if !cfg.users.iter().any(|u| u.username == user) {
                 anyhow::bail!("no user {user:?} in {}", config.display());
             }
             let valid = humantime::parse_duration(&valid)
                 .map_err(|e| anyhow::anyhow!("--valid {valid:?}: {e}"))?;
-            let token = authgate::auth::credentials::invite(&cc, &user, valid)
+            let token = authgate::auth::credentials::invite(&cc, &user, valid, replace)
                 .map_err(anyhow::Error::msg)?;
             println!(
                 "Enrolment link for {user} (single use, valid {}):",

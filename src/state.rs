@@ -190,8 +190,11 @@ impl Runtime {
         };
 
         let h = &config.headers;
-        let mut strip_names: Vec<String> =
-            ALL_PRESET_HEADERS.iter().map(|s| s.to_string()).collect();
+        let mut strip_names: Vec<String> = ALL_PRESET_HEADERS
+            .iter()
+            .chain(crate::pipeline::headers::ALWAYS_STRIPPED)
+            .map(|s| s.to_string())
+            .collect();
         for n in [
             Some(&h.user),
             Some(&h.email),

@@ -657,7 +657,8 @@ fn hidden(page: &str, name: &str) -> String {
 async fn invite_link_enrols_after_the_password_once_and_its_confirming_code_is_not_a_login() {
     let up = Upstream::start().await;
     let gw = start(&config(&up, "", "")).await;
-    let token = credentials::invite(&creds(&gw), "alice", Duration::from_secs(3600)).unwrap();
+    let token =
+        credentials::invite(&creds(&gw), "alice", Duration::from_secs(3600), false).unwrap();
     reload(&gw);
     let link = format!("/.auth/totp/enroll?t={token}");
     // Step 1: the page asks for alice's password (the link alone is not enough).

@@ -170,6 +170,9 @@ struct RawInvite {
     expires_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     used_at: Option<u64>,
+    /// Whether the link may replace a second factor the user already has (`--replace`).
+    #[serde(default)]
+    replace: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,8 +247,8 @@ pub struct Credentials {
     config: CredentialsConfig,
     keys: Keys,
     by_user: HashMap<String, Enrolment>,
-    /// Unused invites by token hash: (username, expiry).
-    invites: HashMap<String, (String, u64)>,
+    /// Unused invites by token hash: (username, expiry, may replace).
+    invites: HashMap<String, (String, u64, bool)>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -322,7 +325,7 @@ impl Credentials {
             .invite
             .into_iter()
             .filter(|i| i.used_at.is_none())
-            .map(|i| (i.hash, (i.username, i.expires_at)))
+            .map(|i| (i.hash, (i.username, i.expires_at, i.replace)))
             .collect();
         Ok(Credentials {
             config: config.clone(),
@@ -353,10 +356,10 @@ impl Credentials {
     }
 
     /// The user an unused, unexpired invite token is for, and the token's hash.
-    pub fn invite(&self, token: &str, now: u64) -> Option<(&str, String)> {
+    pub fn invite(&self, token: &str, now: u64) -> Option<(&str, String, bool)> {
         let h = token_hash(token);
-        let (user, expires) = self.invites.get(&h)?;
-        (now < *expires).then_some((user.as_str(), h))
+        let (user, expires, replace) = self.invites.get(&h)?;
+        (now < *expires).then_some((user.as_str(), h, *replace))
     }
 
     /// Seals a freshly made secret for the confirmation step of an enrolment (a hidden form
@@ -382,7 +385,7 @@ impl Credentials {
         sealed: &str,
         now: u64,
         max_age: u64,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<(Vec<u8>, u64)> {
         let plain = self
             .keys
             .open(&format!("enrol:{invite}:{username}"), sealed)
@@ -390,7 +393,7 @@ impl Credentials {
         let (t, secret) = plain.split_at_checked(8)?;
         let made = u64::from_be_bytes(t.try_into().ok()?);
         (now >= made && now - made <= max_age && secret.len() == SECRET_BYTES)
-            .then(|| secret.to_vec())
+            .then(|| (secret.to_vec(), made))
     }
 
     /// The keyed hash of `code` if it is one of `username`'s unused recovery codes.
@@ -426,7 +429,7 @@ fn update(
     f: impl FnOnce(&mut FileFormat) -> Result<(), String>,
 ) -> Result<(), String> {
     let lock_path = config.file.with_extension("lock");
-    let lock = open_private(&lock_path, false)
+    let lock = open_private(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
     lock.lock()
         .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
@@ -441,6 +444,8 @@ fn update(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| format!("no randomness: {e}"))?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         config
@@ -448,11 +453,17 @@ fn update(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        std::process::id()
+        hex(&rnd)
     ));
     {
-        let mut t =
-            open_private(&tmp, true).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        // A new file (O_EXCL: never an existing file or a symlink planted there), mode 0600.
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut t = o
+            .open(&tmp)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         t.write_all(text.as_bytes())
             .and_then(|()| t.sync_all())
             .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
@@ -466,12 +477,9 @@ fn update(
     Ok(())
 }
 
-fn open_private(path: &Path, truncate: bool) -> std::io::Result<std::fs::File> {
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
-    o.create(true).write(true);
-    if truncate {
-        o.truncate(true);
-    }
+    o.create(true).write(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
     o.open(path)
@@ -511,6 +519,7 @@ pub fn invite(
     config: &CredentialsConfig,
     username: &str,
     valid: std::time::Duration,
+    replace: bool,
 ) -> Result<String, String> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
@@ -518,6 +527,11 @@ pub fn invite(
     let hash = token_hash(&token);
     let expires_at = crate::store::session::unix_now().saturating_add(valid.as_secs());
     update(config, |data| {
+        if !replace && data.totp.iter().any(|t| t.username == username) {
+            return Err(format!(
+                "{username:?} already has a second factor: --replace makes a link that swaps it (or remove it first)"
+            ));
+        }
         data.invite
             .retain(|i| !(i.username == username && i.used_at.is_none()));
         data.invite.push(RawInvite {
@@ -525,6 +539,7 @@ pub fn invite(
             hash,
             expires_at,
             used_at: None,
+            replace,
         });
         Ok(())
     })?;
@@ -606,6 +621,9 @@ pub fn remove(config: &CredentialsConfig, username: &str) -> Result<bool, String
         let before = data.totp.len();
         data.totp.retain(|t| t.username != username);
         removed = data.totp.len() != before;
+        // An outstanding link would let the factor be set again without the operator.
+        data.invite
+            .retain(|i| !(i.username == username && i.used_at.is_none()));
         Ok(())
     })?;
     Ok(removed)

@@ -242,6 +242,10 @@ pub struct ServerConfig {
     pub tunnel_idle_timeout: Duration,
     /// Edits of this file and of `auth.users_file` are applied without SIGHUP (default on).
     pub watch_config: bool,
+    /// `/.auth/verify` applies the route policy to the request a trusted proxy describes in
+    /// `X-Forwarded-Method`/`-Host`/`-Uri` (off by default: the proxy must set all three itself,
+    /// or a client's own values would pass through it).
+    pub forward_auth_policy: bool,
 }
 
 /// `server.runtime`: how worker threads share the work.
@@ -730,6 +734,13 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         })
     });
 
+    let forward_auth_policy = raw.server.forward_auth_policy.unwrap_or(false);
+    if forward_auth_policy && raw.server.trusted_proxies.is_empty() {
+        c.err(
+            "server.forward_auth_policy",
+            "needs server.trusted_proxies: only a trusted proxy may describe the request",
+        );
+    }
     let mut trusted_proxies = Vec::new();
     for (i, p) in raw.server.trusted_proxies.iter().enumerate() {
         let parsed = p
@@ -786,6 +797,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         ),
         workers: raw.server.workers.unwrap_or(0),
         watch_config: raw.server.watch_config.unwrap_or(true),
+        forward_auth_policy,
         runtime: match raw.server.runtime.as_deref() {
             None | Some("thread-per-core") => RuntimeFlavor::ThreadPerCore,
             Some("work-stealing") => RuntimeFlavor::WorkStealing,

@@ -70,6 +70,7 @@ pub struct RawServer {
     pub runtime: Option<String>,
     pub tunnel_idle_timeout: Option<String>,
     pub watch_config: Option<bool>,
+    pub forward_auth_policy: Option<bool>,
 }
 
 /// `[server.tls]`

@@ -41,7 +41,7 @@ fn invalid_link() -> Response<Body> {
 pub(super) fn enrol_get<B>(rt: &Runtime, req: &Request<B>) -> Response<Body> {
     let token = query_param(req.uri().query(), "t").unwrap_or_default();
     let now = crate::store::session::unix_now();
-    let Some((user, _)) = rt.credentials.as_ref().and_then(|c| c.invite(&token, now)) else {
+    let Some((user, _, _)) = rt.credentials.as_ref().and_then(|c| c.invite(&token, now)) else {
         return invalid_link();
     };
     let (csrf, set) = csrf_token(rt, req.headers());
@@ -81,7 +81,7 @@ pub(super) async fn enrol_post(
     let Some(creds) = rt.credentials.as_ref() else {
         return Ok(invalid_link());
     };
-    let Some((username, invite)) = creds.invite(&form.t, now) else {
+    let Some((username, invite, replace)) = creds.invite(&form.t, now) else {
         return Ok(invalid_link());
     };
     let username = username.to_string();
@@ -105,13 +105,14 @@ pub(super) async fn enrol_post(
         }
         (None, Some(sealed), Some(code)) => {
             // Step 2: the code from the app proves it holds the secret.
-            let Some(secret) =
+            // The window counts from the password step; re-sealing after a wrong code keeps it.
+            let Some((secret, made)) =
                 creds.open_enrolment(&username, &invite, &sealed, now, CONFIRM_WITHIN)
             else {
                 return Ok(invalid_link());
             };
             let live = &shared.live;
-            if let Some(wait) = live.otp.check(&username).await.map_err(store_error)? {
+            if let Some(wait) = live.otp.attempt(&username).await.map_err(store_error)? {
                 return Err(GatewayError::TooManyRequests { retry_after: wait });
             }
             let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
@@ -126,7 +127,6 @@ pub(super) async fn enrol_post(
                 None => false,
             };
             if !accepted {
-                live.otp.record_failure(&username);
                 return scan_page(
                     creds,
                     csrf,
@@ -134,7 +134,7 @@ pub(super) async fn enrol_post(
                     &username,
                     &invite,
                     &secret,
-                    now,
+                    made,
                     Some("That code is not right; check the app's clock and try the next one."),
                 )
                 .map(|mut r| {
@@ -142,6 +142,7 @@ pub(super) async fn enrol_post(
                     r
                 });
             }
+            live.otp.forgive(&username);
             // Single use across instances too, before the file says so.
             if !live
                 .otp
@@ -159,7 +160,7 @@ pub(super) async fn enrol_post(
                 .ok_or_else(|| GatewayError::Internal("no credentials file".into()))?;
             let (user, inv) = (username.clone(), invite.clone());
             let written = tokio::task::spawn_blocking(move || {
-                crate::auth::credentials::enroll_secret(&cfg, &user, secret, true, Some(&inv))
+                crate::auth::credentials::enroll_secret(&cfg, &user, secret, replace, Some(&inv))
             })
             .await
             .map_err(|e| GatewayError::Internal(e.to_string()))?;

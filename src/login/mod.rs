@@ -828,32 +828,38 @@ pub fn forwarded_request(
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&conn.ip));
-    let Some(uri) = h.get("x-forwarded-uri").filter(|_| trusted) else {
+    if !(rt.config.server.forward_auth_policy && trusted) {
         return Ok(None);
+    }
+    let bad = || {
+        GatewayError::BadRequest(
+            "forward auth needs exactly one X-Forwarded-Method, X-Forwarded-Host and X-Forwarded-Uri, well formed",
+        )
     };
-    let bad = || GatewayError::BadRequest("malformed X-Forwarded-Uri, -Method or -Host");
+    // Exactly one of each: a second value could be the client's own, passed through.
+    let one = |name: &str| -> Result<&HeaderValue, GatewayError> {
+        let mut all = h.get_all(name).iter();
+        match (all.next(), all.next()) {
+            (Some(v), None) => Ok(v),
+            _ => Err(bad()),
+        }
+    };
+    let uri = one("x-forwarded-uri")?;
     let uri = uri.to_str().map_err(|_| bad())?;
     let raw_path = uri.split(['?', '#']).next().unwrap_or_default();
     let path = crate::pipeline::path::normalize(raw_path)
         .map_err(|_| bad())?
         .into_owned();
-    let method = match h.get("x-forwarded-method") {
-        Some(m) => Method::from_bytes(m.as_bytes()).map_err(|_| bad())?,
-        None => Method::GET,
-    };
-    let host = match h.get(&crate::pipeline::headers::X_FORWARDED_HOST) {
-        Some(v) => {
-            if !crate::pipeline::host_value_ok(v.as_bytes()) {
-                return Err(bad());
-            }
-            let s = v.to_str().map_err(|_| bad())?;
-            Some(
-                crate::pipeline::canonical_host(crate::pipeline::route::host_without_port(s))
-                    .to_ascii_lowercase(),
-            )
-        }
-        None => None,
-    };
+    let method = Method::from_bytes(one("x-forwarded-method")?.as_bytes()).map_err(|_| bad())?;
+    let v = one("x-forwarded-host")?;
+    if !crate::pipeline::host_value_ok(v.as_bytes()) {
+        return Err(bad());
+    }
+    let s = v.to_str().map_err(|_| bad())?;
+    let host = Some(
+        crate::pipeline::canonical_host(crate::pipeline::route::host_without_port(s))
+            .to_ascii_lowercase(),
+    );
     Ok(Some(ForwardedRequest { method, host, path }))
 }
 
@@ -876,9 +882,14 @@ fn verify<B>(
     if let Some(f) = forwarded_request(rt, req.headers(), conn)? {
         if let Some(route) = rt.router.find(f.host.as_deref(), &f.path) {
             denials = &route.metrics;
+            let query_lists = ["allow_groups", "allow_users"]
+                .iter()
+                .any(|n| query_param(req.uri().query(), n).is_some());
             match crate::pipeline::route_verdict(rt, route, &f.method, &f.path, req.headers(), conn)
                 .1
             {
+                // The verify URL's own lists still apply: they name who the proxy admits.
+                Verdict::Public if query_lists => {}
                 Verdict::Public => return Ok(no_store(Response::new(Body::empty()))),
                 Verdict::Deny => {
                     denials.denied();
@@ -925,6 +936,13 @@ fn verify<B>(
     }
     if let Some((_, _, level)) = route_lists {
         if let Some(step) = level.lacks(a.amr(), a.auth_time(), crate::auth::session::unix_now()) {
+            let enrolled = rt
+                .credentials
+                .as_ref()
+                .is_some_and(|c| c.get(&a.user.username).is_some());
+            if step == crate::policy::StepUp::Mfa && !enrolled {
+                return Err(GatewayError::NoSecondFactor);
+            }
             return Ok(crate::pipeline::step_up_json(step));
         }
     }

@@ -119,6 +119,8 @@ pub(super) async fn begin(
         username: user.username.to_string(),
         password_version: user.password_version,
         tries: 0,
+        expires_ms: crate::store::session::unix_now_ms()
+            .saturating_add(PENDING_TTL.as_millis() as u64),
     };
     shared
         .live
@@ -255,7 +257,12 @@ pub(super) async fn code_post(
         Subject::Pending(_, p) => p.tries,
         Subject::StepUp(_) => 0,
     };
-    if let Some(wait) = live.otp.check(&user.username).await.map_err(store_error)? {
+    if let Some(wait) = live
+        .otp
+        .attempt(&user.username)
+        .await
+        .map_err(store_error)?
+    {
         put_back(tries).await;
         audit_login(
             rt,
@@ -294,7 +301,6 @@ pub(super) async fn code_post(
         false
     };
     if !ok {
-        live.otp.record_failure(&user.username);
         put_back(tries.saturating_add(1)).await;
         tracing::info!(client = %o.client, "second factor refused");
         audit_login(
@@ -326,6 +332,7 @@ pub(super) async fn code_post(
             Kind::Form => restart(rt, &kind, &rd),
         });
     }
+    live.otp.forgive(&user.username);
     let amr = amr_before | factors::PWD | factors::OTP;
     let mut r = mint(shared, rt, &user, amr, &kind, &rd, o).await?;
     // A step-up replaces the password-only session: the old id stops working.

@@ -36,12 +36,23 @@ pub const FORWARDING_HEADERS: &[&str] = &[
     "x-real-ip",
     "forwarded",
     // What a forward-auth proxy says the request was (`/.auth/verify` reads them from trusted
-    // peers only); also an old rewrite-module bypass when an app honours them.
+    // peers only, with `server.forward_auth_policy`).
     "x-forwarded-method",
     "x-forwarded-uri",
-    "x-original-method",
-    "x-original-uri",
+];
+
+/// Headers no upstream ever gets from a client, trusted proxy or not: apps and frameworks that
+/// honour them route or dispatch on a path or method other than the one the rules decided on
+/// (IIS/Symfony `X-Original-URL` and `X-Rewrite-URL`, method overrides turning a POST into a
+/// DELETE past a `methods` rule).
+pub const ALWAYS_STRIPPED: &[&str] = &[
     "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
 
 /// Whether a configured identity header name would collide with a header the gateway manages.

@@ -79,6 +79,10 @@ impl Rule {
 /// Explains `q` against `rt`. The text is for people; the first word of its last line
 /// (`outcome: allow|deny|login`) is stable for scripts.
 pub fn explain(rt: &Runtime, q: &Question) -> Result<String, String> {
+    if q.url.contains('\\') {
+        // The URL parser would read `\` as `/`; the gateway refuses it.
+        return Err("the gateway refuses a backslash in a path with 400".into());
+    }
     let url = url::Url::parse(&q.url).map_err(|e| format!("{:?} is not a URL: {e}", q.url))?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!("{:?}: expected an http:// or https:// URL", q.url));

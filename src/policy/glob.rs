@@ -46,6 +46,11 @@ impl Glob {
             ));
         }
         let mut segs = Vec::new();
+        if !rest.is_empty() && rest.split('/').any(str::is_empty) {
+            return Err(format!(
+                "{text:?}: empty segment ('//' or a trailing '/'): a normalised path has none, and \"/x\" already matches \"/x/\""
+            ));
+        }
         for s in rest.split('/') {
             if s == "**" {
                 if segs.last() != Some(&Seg::Deep) {
@@ -76,9 +81,21 @@ impl Glob {
         &self.text
     }
 
-    /// Whether the normalised `path` matches. A `;parameter` on the last segment is ignored (some
-    /// servers strip it: `/admin;x` is `/admin` to them, so it must be to the rules).
+    /// Whether the normalised `path` matches (pass it percent-decoded: see
+    /// [`crate::policy::Policy::decide`]). A `;parameter` on the last segment is ignored (some
+    /// servers strip it: `/admin;x` is `/admin` to them, so it must be to the rules), and so is
+    /// one trailing slash (`/metrics/` is `/metrics` to most apps).
     pub fn matches(&self, path: &str) -> bool {
+        if self.matches_exactly(path) {
+            return true;
+        }
+        match path.strip_suffix('/') {
+            Some(p) if !p.is_empty() => self.matches_exactly(p),
+            _ => false,
+        }
+    }
+
+    fn matches_exactly(&self, path: &str) -> bool {
         let Some(rest) = path.strip_prefix('/') else {
             return false;
         };
@@ -93,19 +110,25 @@ impl Glob {
     }
 
     /// Whether every path this glob matches is matched by `other` too (a sufficient check, for
-    /// shadowed-rule warnings: equal globs, or `other` ends in `**` after a prefix of ours).
+    /// the shadowed-rule errors): segment by segment, `other`'s segment equals ours or is a bare
+    /// `*` (any one segment) covering a literal or wildcard one of ours; a trailing `**` of
+    /// `other` covers whatever of ours is left.
     pub fn covered_by(&self, other: &Glob) -> bool {
-        if self.segs == other.segs {
-            return true;
+        fn star(s: &Seg) -> bool {
+            matches!(s, Seg::Wild(p) if p.iter().all(String::is_empty))
         }
-        let Some((Seg::Deep, head)) = other.segs.split_last() else {
-            return false;
-        };
-        head.len() <= self.segs.len()
-            && head
-                .iter()
-                .zip(&self.segs)
-                .all(|(a, b)| matches!(a, Seg::Lit(_)) && a == b)
+        let mut mine = self.segs.iter();
+        for (i, theirs) in other.segs.iter().enumerate() {
+            if *theirs == Seg::Deep && i + 1 == other.segs.len() {
+                return true;
+            }
+            match mine.next() {
+                Some(m) if m == theirs => {}
+                Some(m) if star(theirs) && *m != Seg::Deep => {}
+                _ => return false,
+            }
+        }
+        mine.next().is_none()
     }
 }
 
@@ -217,6 +240,11 @@ mod tests {
         assert!(g("/**").matches("/"));
         assert!(g("/").matches("/"));
         assert!(!g("/").matches("/x"));
+        assert!(
+            g("/metrics").matches("/metrics/"),
+            "one trailing slash is the same path"
+        );
+        assert!(!g("/metrics").matches("/metrics//"));
         assert!(g("/a/**/b/**/c").matches("/a/x/b/y/z/c"));
         assert!(g("/a/**/b/**/c").matches("/a/b/c"));
         assert!(!g("/a/**/b/**/c").matches("/a/x/c/b"));
@@ -235,7 +263,9 @@ mod tests {
 
     #[test]
     fn invalid_globs_say_why() {
-        for bad in ["api/x", "/a**", "/a/?", "/a/[x]", "/a/../b", "/a;x", "/%2e"] {
+        for bad in [
+            "api/x", "/a**", "/a/?", "/a/[x]", "/a/../b", "/a;x", "/%2e", "/a//b", "/a/",
+        ] {
             assert!(Glob::parse(bad).is_err(), "{bad}");
         }
     }
@@ -247,5 +277,9 @@ mod tests {
         assert!(g("/a/*.css").covered_by(&g("/**")));
         assert!(!g("/a/b").covered_by(&g("/b/**")));
         assert!(!g("/a/**").covered_by(&g("/a/b/**")));
+        assert!(g("/api/admin").covered_by(&g("/api/*")));
+        assert!(g("/api/*.css").covered_by(&g("/api/*")));
+        assert!(!g("/api/admin/x").covered_by(&g("/api/*")));
+        assert!(!g("/api/**").covered_by(&g("/api/*")));
     }
 }

@@ -245,8 +245,20 @@ impl Policy {
         self.rules.is_empty() && !self.preflight_bypass
     }
 
-    /// Decides `f`.
+    /// Decides `f`. Globs see the path percent-decoded: the normalised path keeps sub-delimiters
+    /// and non-ASCII escaped (`/v1/x%3Adelete`), which apps decode before they route, so a rule
+    /// on `/v1/x:delete` must see that too. (Escapes that would decode into `/`, `\`, `;`, `?`,
+    /// `#`, NUL or another escape were refused by normalisation.)
     pub fn decide(&self, f: &Facts<'_>) -> (DecidedBy, Verdict<'_>) {
+        let decoded = if f.path.contains('%') {
+            percent_encoding::percent_decode_str(f.path).decode_utf8_lossy()
+        } else {
+            std::borrow::Cow::Borrowed(f.path)
+        };
+        let f = &Facts {
+            path: &decoded,
+            ..*f
+        };
         let mut first = None;
         for (i, r) in self.rules.iter().enumerate() {
             if !r.matches(f) {
@@ -268,14 +280,24 @@ impl Policy {
                 let v = match r.access() {
                     RuleAccess::Public => Verdict::Public,
                     RuleAccess::Deny => Verdict::Deny,
-                    RuleAccess::Authenticated => Verdict::Authenticate {
-                        allow_groups: r.allow_groups.as_deref().or(self.allow_groups.as_deref()),
-                        allow_users: r.allow_users.as_deref().or(self.allow_users.as_deref()),
-                        level: Level {
-                            mfa: r.require_mfa.unwrap_or(self.level.mfa),
-                            max_auth_age: r.max_auth_age.or(self.level.max_auth_age),
-                        },
-                    },
+                    RuleAccess::Authenticated => {
+                        // A rule that names who is admitted names all of them: its lists replace
+                        // the route's as a pair (never one list from each: that would widen).
+                        let own = r.allow_groups.is_some() || r.allow_users.is_some();
+                        let (g, u) = if own {
+                            (&r.allow_groups, &r.allow_users)
+                        } else {
+                            (&self.allow_groups, &self.allow_users)
+                        };
+                        Verdict::Authenticate {
+                            allow_groups: g.as_deref(),
+                            allow_users: u.as_deref(),
+                            level: Level {
+                                mfa: r.require_mfa.unwrap_or(self.level.mfa),
+                                max_auth_age: r.max_auth_age.or(self.level.max_auth_age),
+                            },
+                        }
+                    }
                 };
                 (DecidedBy::Rule(i), v)
             }
@@ -429,6 +451,34 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(p.shadowed(), vec![(1, 0), (5, 3)]);
+    }
+
+    #[test]
+    fn a_rules_allow_lists_replace_the_routes_as_a_pair() {
+        let p = Policy {
+            allow_groups: Some(vec!["staff".into()]),
+            rules: vec![Rule {
+                allow_users: Some(vec!["alice".into()]),
+                ..rule(&["/admin/**"], &[], None)
+            }],
+            ..Policy::default()
+        };
+        let get = Method::GET;
+        let (_, v) = p.decide(&facts(&get, "/admin/x", "1.2.3.4"));
+        let Verdict::Authenticate {
+            allow_groups,
+            allow_users,
+            ..
+        } = v
+        else {
+            panic!("{v:?}");
+        };
+        let staff = vec!["staff".to_string()];
+        assert!(admits(allow_users, allow_groups, "alice", &[]));
+        assert!(
+            !admits(allow_users, allow_groups, "bob", &staff),
+            "the route's staff group does not widen the rule"
+        );
     }
 
     #[test]

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use super::limit::{LoginLimiter, LoginLimits};
 use super::{BoxFuture, StoreError};
 
 /// How long a pending second step waits for its code.
@@ -26,14 +25,17 @@ pub struct Pending {
     pub password_version: u64,
     /// Wrong codes tried on this step so far.
     pub tries: u8,
+    /// When the step ends, whatever happens to it (Unix ms): putting it back after a wrong code
+    /// never extends it.
+    pub expires_ms: u64,
 }
 
 impl Pending {
-    /// `username \n password version \n tries`.
+    /// `username \n password version \n tries \n expiry`.
     pub fn encode(&self) -> String {
         format!(
-            "{}\n{}\n{}",
-            self.username, self.password_version, self.tries
+            "{}\n{}\n{}\n{}",
+            self.username, self.password_version, self.tries, self.expires_ms
         )
     }
 
@@ -44,8 +46,14 @@ impl Pending {
             username: it.next()?.to_string(),
             password_version: it.next()?.parse().ok()?,
             tries: it.next()?.parse().ok()?,
+            expires_ms: it.next()?.parse().ok()?,
         };
         it.next().is_none().then_some(p)
+    }
+
+    /// Whether it is still running at `now_ms`.
+    pub fn live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_ms
     }
 }
 
@@ -57,14 +65,17 @@ pub trait OtpStore: Send + Sync + 'static {
     /// Records that the one-time value `id` (a recovery code's keyed hash) was used; `false`
     /// when it already was.
     fn use_once(&self, id: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
-    /// Seconds to wait before `username` may try another code (`None`: go ahead).
-    fn check(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
-    /// Counts a wrong code for `username`.
-    fn record_failure(&self, username: &str);
+    /// Counts an attempt at a code for `username` *before* the code is checked (so parallel
+    /// attempts cannot all pass a check made before any is counted), and refuses it — with the
+    /// seconds to wait — when the attempts of this minute are over the limit.
+    fn attempt(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
+    /// Takes back the attempt of a right code (only wrong ones fill the bucket). Best effort: a
+    /// lost one only makes the bucket stricter.
+    fn forgive(&self, username: &str);
     /// Wrong codes allowed per minute and user.
     fn set_limit(&self, per_minute: u32);
-    /// Stores a pending second step under `ticket` (a hash of the cookie value) for
-    /// [`PENDING_TTL`].
+    /// Stores a pending second step under `ticket` (a hash of the cookie value) until its
+    /// `expires_ms`.
     fn put_pending(&self, ticket: &str, p: &Pending) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Takes a pending second step (single use: a second take finds nothing).
     fn take_pending(&self, ticket: &str) -> BoxFuture<'_, Result<Option<Pending>, StoreError>>;
@@ -74,8 +85,10 @@ pub trait OtpStore: Send + Sync + 'static {
 pub struct MemoryOtp {
     steps: DashMap<String, u64>,
     used: DashMap<String, Instant>,
-    pending: DashMap<String, (Pending, Instant)>,
-    failures: LoginLimiter,
+    pending: DashMap<String, Pending>,
+    /// Attempts per user in the current minute: (count, window start).
+    attempts: DashMap<String, (u32, Instant)>,
+    per_minute: std::sync::atomic::AtomicU32,
     sweep_at: Mutex<Instant>,
 }
 
@@ -86,7 +99,8 @@ impl MemoryOtp {
             steps: DashMap::new(),
             used: DashMap::new(),
             pending: DashMap::new(),
-            failures: LoginLimiter::new(limits(per_minute)),
+            attempts: DashMap::new(),
+            per_minute: std::sync::atomic::AtomicU32::new(per_minute),
             sweep_at: Mutex::new(Instant::now()),
         }
     }
@@ -102,22 +116,17 @@ impl MemoryOtp {
             due
         });
         if due.unwrap_or(false) {
-            self.pending.retain(|_, (_, exp)| *exp > now);
+            let now_ms = super::session::unix_now_ms();
+            self.pending.retain(|_, p| p.live(now_ms));
             self.used.retain(|_, exp| *exp > now);
+            self.attempts
+                .retain(|_, (_, start)| now.duration_since(*start) < WINDOW);
         }
     }
 }
 
-/// Per-user limit only: the per-address bucket is the password login's.
-fn limits(per_minute: u32) -> LoginLimits {
-    LoginLimits {
-        per_username: per_minute,
-        per_address: u32::MAX,
-    }
-}
-
-/// The address the code limiter keys on: none (codes are counted per user).
-const NO_ADDRESS: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+/// The window of the code limiter.
+pub const WINDOW: Duration = Duration::from_secs(60);
 
 impl OtpStore for MemoryOtp {
     fn accept_step(&self, username: &str, step: u64) -> BoxFuture<'_, Result<bool, StoreError>> {
@@ -155,33 +164,53 @@ impl OtpStore for MemoryOtp {
         super::ready(Ok(fresh))
     }
 
-    fn check(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
-        super::ready(Ok(self.failures.check(NO_ADDRESS, username)))
+    fn attempt(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        self.sweep();
+        let now = Instant::now();
+        let limit = self
+            .per_minute
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1);
+        let mut e = self
+            .attempts
+            .entry(username.to_ascii_lowercase())
+            .or_insert((0, now));
+        if now.duration_since(e.1) >= WINDOW {
+            *e = (0, now);
+        }
+        e.0 = e.0.saturating_add(1);
+        let wait = (e.0 > limit).then(|| {
+            WINDOW
+                .saturating_sub(now.duration_since(e.1))
+                .as_secs()
+                .max(1)
+        });
+        super::ready(Ok(wait))
     }
 
-    fn record_failure(&self, username: &str) {
-        self.failures.record_failure(NO_ADDRESS, username);
+    fn forgive(&self, username: &str) {
+        if let Some(mut e) = self.attempts.get_mut(&username.to_ascii_lowercase()) {
+            e.0 = e.0.saturating_sub(1);
+        }
     }
 
     fn set_limit(&self, per_minute: u32) {
-        self.failures.set_limits(limits(per_minute));
+        self.per_minute
+            .store(per_minute, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn put_pending(&self, ticket: &str, p: &Pending) -> BoxFuture<'_, Result<(), StoreError>> {
         self.sweep();
-        self.pending.insert(
-            ticket.to_string(),
-            (p.clone(), Instant::now() + PENDING_TTL),
-        );
+        self.pending.insert(ticket.to_string(), p.clone());
         super::ready(Ok(()))
     }
 
     fn take_pending(&self, ticket: &str) -> BoxFuture<'_, Result<Option<Pending>, StoreError>> {
-        let now = Instant::now();
+        let now_ms = super::session::unix_now_ms();
         let p = self
             .pending
             .remove(ticket)
-            .and_then(|(_, (p, exp))| (exp > now).then_some(p));
+            .and_then(|(_, p)| p.live(now_ms).then_some(p));
         super::ready(Ok(p))
     }
 }
@@ -213,6 +242,7 @@ mod tests {
             username: "alice".into(),
             password_version: 7,
             tries: 2,
+            expires_ms: super::super::session::unix_now_ms() + 60_000,
         };
         run(s.put_pending("t", &p)).unwrap();
         assert_eq!(run(s.take_pending("t")).unwrap(), Some(p.clone()));
@@ -221,13 +251,35 @@ mod tests {
     }
 
     #[test]
-    fn wrong_codes_lock_the_user_after_the_limit() {
+    fn attempts_are_counted_before_the_check_and_right_codes_are_forgiven() {
         let s = MemoryOtp::new(3);
+        // Three attempts in flight at once all count: the fourth is refused.
         for _ in 0..3 {
-            assert_eq!(run(s.check("alice")).unwrap(), None);
-            s.record_failure("alice");
+            assert_eq!(run(s.attempt("alice")).unwrap(), None);
         }
-        assert!(run(s.check("alice")).unwrap().is_some());
-        assert_eq!(run(s.check("bob")).unwrap(), None);
+        assert!(
+            run(s.attempt("Alice")).unwrap().is_some(),
+            "usernames fold case"
+        );
+        assert_eq!(run(s.attempt("bob")).unwrap(), None);
+        // Right codes do not fill the bucket.
+        let t = MemoryOtp::new(2);
+        for _ in 0..5 {
+            assert_eq!(run(t.attempt("carol")).unwrap(), None);
+            t.forgive("carol");
+        }
+    }
+
+    #[test]
+    fn an_expired_pending_step_is_gone() {
+        let s = MemoryOtp::new(3);
+        let p = Pending {
+            username: "alice".into(),
+            password_version: 1,
+            tries: 0,
+            expires_ms: super::super::session::unix_now_ms().saturating_sub(1),
+        };
+        run(s.put_pending("t", &p)).unwrap();
+        assert_eq!(run(s.take_pending("t")).unwrap(), None);
     }
 }

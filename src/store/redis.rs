@@ -912,6 +912,16 @@ const ACCEPT_STEP: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '-1'
      if tonumber(ARGV[1]) > c then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
      return 0";
 
+/// Counts one attempt in KEYS[1] (the first of a window sets its expiry, ARGV[1] ms); returns
+/// the count and the window's remaining ms.
+const COUNT_ATTEMPT: &str = "local n = redis.call('INCR', KEYS[1]) \
+     if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+     return {n, redis.call('PTTL', KEYS[1])}";
+
+/// Takes one attempt back, never below zero and never creating the key.
+const FORGIVE_ATTEMPT: &str = "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
+     if n > 0 then redis.call('DECR', KEYS[1]) end return 1";
+
 /// How long an accepted TOTP step is remembered: well past the ±1 step window.
 const STEP_TTL_MS: u64 = 3600 * 1000;
 
@@ -953,27 +963,27 @@ impl crate::store::otp::OtpStore for Arc<RedisOtp> {
         })
     }
 
-    fn check(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+    fn attempt(&self, username: &str) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
         let key = self.link.key("o:f:", &username.to_ascii_lowercase());
         Box::pin(async move {
+            // Counted before the code is checked, and waited for: parallel attempts cannot all
+            // pass, and none is lost in a full write queue.
             let mut p = redis::pipe();
-            p.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-            let (count, ttl): (Option<u32>, i64) = self.link.run(&p, FETCH_TIMEOUT).await?;
+            p.cmd("EVAL")
+                .arg(COUNT_ATTEMPT)
+                .arg(1)
+                .arg(&key)
+                .arg(crate::store::otp::WINDOW.as_millis() as u64);
+            let ((n, ttl),): ((u32, i64),) = self.link.run(&p, WRITE_TIMEOUT).await?;
             let limit = self.per_minute.load(Ordering::Relaxed).max(1);
-            Ok((count.unwrap_or(0) >= limit)
-                .then(|| (u64::try_from(ttl).unwrap_or(1000) / 1000).max(1)))
+            Ok((n > limit).then(|| (u64::try_from(ttl).unwrap_or(1000) / 1000).max(1)))
         })
     }
 
-    fn record_failure(&self, username: &str) {
+    fn forgive(&self, username: &str) {
         let key = self.link.key("o:f:", &username.to_ascii_lowercase());
         let mut p = redis::pipe();
-        p.cmd("EVAL")
-            .arg(COUNT_FAILURE)
-            .arg(1)
-            .arg(&key)
-            .arg(WINDOW.as_millis() as u64)
-            .ignore();
+        p.cmd("EVAL").arg(FORGIVE_ATTEMPT).arg(1).arg(&key).ignore();
         self.link.later(p);
     }
 
@@ -988,13 +998,14 @@ impl crate::store::otp::OtpStore for Arc<RedisOtp> {
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         let key = self.link.key("o:p:", ticket);
         let value = pending.encode();
+        let pending = pending.clone();
         Box::pin(async move {
             let mut p = redis::pipe();
             p.cmd("SET")
                 .arg(&key)
                 .arg(value)
-                .arg("PX")
-                .arg(crate::store::otp::PENDING_TTL.as_millis() as u64)
+                .arg("PXAT")
+                .arg(pending.expires_ms)
                 .ignore();
             self.link.run::<()>(&p, WRITE_TIMEOUT).await
         })
@@ -1009,7 +1020,10 @@ impl crate::store::otp::OtpStore for Arc<RedisOtp> {
             let mut p = redis::pipe();
             p.cmd("GETDEL").arg(&key);
             let (v,): (Option<String>,) = self.link.run(&p, WRITE_TIMEOUT).await?;
-            Ok(v.as_deref().and_then(crate::store::otp::Pending::decode))
+            let now_ms = crate::store::session::unix_now_ms();
+            Ok(v.as_deref()
+                .and_then(crate::store::otp::Pending::decode)
+                .filter(|p| p.live(now_ms)))
         })
     }
 }
