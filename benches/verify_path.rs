@@ -386,8 +386,75 @@ fn bench_decision_jwt(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the access log and the metrics cost per request, each beside its "off" baseline:
+/// the metric updates a proxied request makes (enabled vs disabled registry), the worker's
+/// share of the access log (build the record, hand it to the queue) and the writer thread's
+/// (format one line).
+fn bench_telemetry(c: &mut Criterion) {
+    use authgate::telemetry::access::AccessRecord;
+    use authgate::telemetry::metrics::{AuthResult, Mechanism, Metrics};
+    use authgate::telemetry::sink::{Entry, Sink};
+    let mut g = c.benchmark_group("telemetry_per_request");
+    for (name, enabled) in [
+        ("metrics_enabled", true),
+        ("baseline_metrics_disabled", false),
+    ] {
+        let m = Metrics::new("memory", enabled);
+        let route = m.route("app");
+        let took = Duration::from_micros(180);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                if m.enabled {
+                    m.in_flight.inc();
+                }
+                m.auth(Mechanism::Session, AuthResult::Ok);
+                route.upstream_ok(black_box(took));
+                route.request(black_box(200), black_box(took));
+                if m.enabled {
+                    m.in_flight.dec();
+                }
+            })
+        });
+    }
+    let record = || AccessRecord {
+        time: std::time::SystemTime::now(),
+        request_id: *b"9adfcd740000000a",
+        client: "127.0.0.1:50312".parse().unwrap(),
+        method: http::Method::GET,
+        path: black_box("/app/items").to_owned(),
+        version: http::Version::HTTP_11,
+        route: Some(Arc::from("app")),
+        status: 200,
+        latency_us: 183,
+        bytes: Some(512),
+        trace_id: None,
+    };
+    let sink = Sink::spawn("bench-access", Box::new(std::io::sink())).unwrap();
+    g.bench_function("access_log_worker_build_and_push", |b| {
+        b.iter(|| sink.push(Entry::Access(record(), authgate::config::LogFormat::Text)))
+    });
+    let r = record();
+    let mut buf = Vec::with_capacity(256);
+    g.bench_function("access_log_writer_format_text", |b| {
+        b.iter(|| {
+            buf.clear();
+            r.format(authgate::config::LogFormat::Text, &mut buf);
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("access_log_writer_format_json", |b| {
+        b.iter(|| {
+            buf.clear();
+            r.format(authgate::config::LogFormat::Json, &mut buf);
+            black_box(buf.len())
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_telemetry,
     bench_cookie,
     bench_sessions,
     bench_headers,

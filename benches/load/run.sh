@@ -25,7 +25,8 @@ usage: benches/load/run.sh [--quick] [--pin] [--skip-memory] [--keep] [--duratio
 Environment (flags above set the same variables):
   DURATION=10          seconds per wrk run (a trailing "s" is accepted)
   CONNECTIONS=64       wrk connections for the throughput runs
-  ROUNDS=3             interleaved rounds (A B C ... A B C ...); the table shows medians
+  ROUNDS=3             interleaved rounds (A B C, B C A, C A B ...: each round starts one target
+                       later); the table shows medians
   THREADS              wrk threads (default: number of load-generator cores, at least 1)
   WARMUP=1             seconds of unrecorded load per target before the rounds (0 = none)
   LAT_DURATION         seconds of the 1-connection latency run per target (default DURATION)
@@ -659,13 +660,20 @@ if [ "$WARMUP" -gt 0 ]; then
   for t in $TARGETS; do run_wrk warmup "$t" 0 "$CONNECTIONS" "$THREADS" "$WARMUP"; done
 fi
 say "throughput: $ROUNDS round(s) x [$TARGETS], ${DURATION}s, $CONNECTIONS connections, $THREADS wrk thread(s)"
+# Each round starts one target later (A B C, B C A, C A B, ...): on a VM whose speed drifts
+# within a round (burst credits, a neighbour), a target always run last would always look slower.
+rotated() {
+  local k="$1" list=($TARGETS) n i
+  n=${#list[@]}
+  for ((i = 0; i < n; i++)); do printf '%s ' "${list[$(( (i + k) % n ))]}"; done
+}
 for r in $(seq 1 "$ROUNDS"); do
-  for t in $TARGETS; do run_wrk load "$t" "$r" "$CONNECTIONS" "$THREADS" "$DURATION"; done
+  for t in $(rotated $((r - 1))); do run_wrk load "$t" "$r" "$CONNECTIONS" "$THREADS" "$DURATION"; done
 done
 # Interleaved rounds here too: a single short 1-connection run moves by 10-20 us on a shared VM.
 say "latency: 1 connection, $LAT_ROUNDS round(s) x [$TARGETS], ${LAT_DURATION}s"
 for r in $(seq 1 "$LAT_ROUNDS"); do
-  for t in $TARGETS; do run_wrk latency1 "$t" "$r" 1 1 "$LAT_DURATION"; done
+  for t in $(rotated $((r - 1))); do run_wrk latency1 "$t" "$r" 1 1 "$LAT_DURATION"; done
 done
 
 # --------------------------------------------------------------------------- metrics, log sizes
