@@ -220,3 +220,39 @@ async fn unauthenticated_401_never_redirects_a_browser() {
     assert!(r.headers().get("location").is_none());
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_forwarded_hop_from_a_trusted_proxy_fails_closed_where_rules_read_it() {
+    let up = Upstream::start().await;
+    let rules = "[[routes.rules]]\nnetworks = [\"10.0.0.0/8\"]\naccess = \"deny\"\n";
+    let gw = TestGateway::start(&toml(&up, true, rules, "access = \"public\"")).await;
+    // A port after the address is read as the address: still denied.
+    assert_eq!(
+        get(&gw, "/x", &[("x-forwarded-for", "10.1.2.3:5555")])
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        get(&gw, "/x", &[("x-forwarded-for", "[::ffff:10.1.2.3]:80")])
+            .await
+            .status(),
+        403
+    );
+    // Not an address at all: neither the deny rule nor a guess (the peer) decides — 400.
+    let before = up.count();
+    assert_eq!(
+        get(&gw, "/x", &[("x-forwarded-for", "unknown")])
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(up.count(), before);
+    assert_eq!(
+        get(&gw, "/x", &[("x-forwarded-for", "192.0.2.7:1")])
+            .await
+            .status(),
+        200
+    );
+    gw.shutdown().await;
+}

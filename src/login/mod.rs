@@ -429,31 +429,50 @@ pub fn parse_login_body(
 
 /// The client address for rate limiting: the socket peer, or — when the peer is a trusted proxy —
 /// the last hop of `X-Forwarded-For` read across every header line (a proxy may add its own line
-/// after the client's; untrusted peers' `X-Forwarded-For` was stripped already).
+/// after the client's; untrusted peers' `X-Forwarded-For` was stripped already). A last hop that
+/// cannot be read counts as the peer here; the access rules use [`client_ip_strict`].
 pub(crate) fn client_ip(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> IpAddr {
+    client_ip_strict(rt, h, conn).unwrap_or(conn.ip)
+}
+
+/// [`client_ip`] for decisions that must fail closed: `Err` when a trusted proxy's last
+/// `X-Forwarded-For` hop is not an address (`unknown`, garbage). `1.2.3.4:5555`, `[::1]:80` and
+/// `[::1]` are read as their address (some proxies add the port).
+pub(crate) fn client_ip_strict(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> Result<IpAddr, ()> {
     let peer = conn.ip;
-    if rt
+    if !rt
         .config
         .server
         .trusted_proxies
         .iter()
         .any(|n| n.contains(&peer))
     {
-        let last = h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .rfind(|s| !s.is_empty());
-        if let Some(ip) = last.and_then(|s| s.parse::<IpAddr>().ok()) {
-            return match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-                v4 => v4,
-            };
+        return Ok(peer);
+    }
+    let mut last = None;
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        let s = v.to_str().map_err(|_| ())?;
+        if let Some(hop) = s.split(',').map(str::trim).rfind(|s| !s.is_empty()) {
+            last = Some(hop);
         }
     }
-    peer
+    let Some(hop) = last else {
+        return Ok(peer);
+    };
+    let ip = hop
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|r| r.parse::<IpAddr>().ok())
+        })
+        .ok_or(())?;
+    Ok(match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    })
 }
 
 /// How a login attempt ended, for the metrics.
@@ -803,9 +822,10 @@ fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
     r
 }
 
-/// The request a trusted forward-auth proxy asks `/.auth/verify` about: `X-Forwarded-Method`
-/// (default GET), `X-Forwarded-Host` and `X-Forwarded-Uri`, read only from a peer in
-/// `trusted_proxies` (from anyone else these headers were already removed). `Ok(None)`: no such
+/// The request a trusted forward-auth proxy asks `/.auth/verify` about: `X-Forwarded-Method`,
+/// `X-Forwarded-Host` and `X-Forwarded-Uri` (all three, once each), read only with
+/// `server.forward_auth_policy` and only from a peer in `trusted_proxies` (from anyone else these
+/// headers were already removed). `Ok(None)`: no such
 /// description, verify answers for the credential alone.
 pub struct ForwardedRequest {
     /// The method.
@@ -891,6 +911,11 @@ fn verify<B>(
                 // The verify URL's own lists still apply: they name who the proxy admits.
                 Verdict::Public if query_lists => {}
                 Verdict::Public => return Ok(no_store(Response::new(Body::empty()))),
+                Verdict::Malformed => {
+                    return Err(GatewayError::BadRequest(
+                        "X-Forwarded-For from the trusted proxy is not an address",
+                    ))
+                }
                 Verdict::Deny => {
                     denials.denied();
                     audit_verify_denied(rt, req, o, &denials.name, None, "deny_rule");

@@ -153,6 +153,9 @@ pub enum Deny {
     Rule,
     /// Logged in and allowed, but below the level the route needs.
     StepUp(crate::policy::StepUp, Box<Authenticated>),
+    /// A rule reads the client address and the trusted proxy's `X-Forwarded-For` does not say
+    /// one (400: failing open would let a deny rule by network pass).
+    BadForwardedFor,
 }
 
 /// What to do with a request once the synchronous phases have run (borrowing route labels from
@@ -464,7 +467,15 @@ pub fn route_verdict<'r>(
         return (crate::policy::DecidedBy::Route, policy.route_verdict());
     }
     let client = if policy.uses_network {
-        crate::login::client_ip(rt, headers, conn)
+        match crate::login::client_ip_strict(rt, headers, conn) {
+            Ok(ip) => ip,
+            Err(()) => {
+                return (
+                    crate::policy::DecidedBy::Route,
+                    crate::policy::Verdict::Malformed,
+                )
+            }
+        }
     } else {
         conn.ip
     };
@@ -492,6 +503,7 @@ pub fn auth_phase<B>(
         match route_verdict(rt, route, req.method(), path, req.headers(), conn).1 {
             Verdict::Public => return Ok(None),
             Verdict::Deny => return Err(Deny::Rule),
+            Verdict::Malformed => return Err(Deny::BadForwardedFor),
             Verdict::Authenticate {
                 allow_groups,
                 allow_users,
@@ -530,6 +542,12 @@ pub fn deny_response<B>(
     let step_up = match deny {
         Deny::Forbidden(_) | Deny::Rule => return GatewayError::Forbidden.into_response(html),
         Deny::Unavailable => return GatewayError::StoreUnavailable.into_response(html),
+        Deny::BadForwardedFor => {
+            return GatewayError::BadRequest(
+                "X-Forwarded-For from the trusted proxy is not an address",
+            )
+            .into_response(html)
+        }
         Deny::StepUp(step, a) => {
             let enrolled = rt
                 .credentials

@@ -268,7 +268,7 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
     };
     let (allow_groups, allow_users) = match route.config.policy.decide(&facts).1 {
         crate::policy::Verdict::Public => return true,
-        crate::policy::Verdict::Deny => return false,
+        crate::policy::Verdict::Deny | crate::policy::Verdict::Malformed => return false,
         // The level (second factor, login age) was checked when the tunnel opened.
         crate::policy::Verdict::Authenticate {
             allow_groups,

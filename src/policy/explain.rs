@@ -181,6 +181,7 @@ pub fn explain(rt: &Runtime, q: &Question) -> Result<String, String> {
     let outcome = match verdict {
         Verdict::Public => "allow (public: no login needed, no identity headers)".to_string(),
         Verdict::Deny => "deny (403, deny rule)".to_string(),
+        Verdict::Malformed => "deny (400, the client address cannot be read)".to_string(),
         Verdict::Authenticate {
             allow_groups,
             allow_users,

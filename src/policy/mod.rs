@@ -161,6 +161,9 @@ pub enum Verdict<'r> {
     Public,
     /// 403 whoever asks.
     Deny,
+    /// The request cannot be decided (a trusted proxy's `X-Forwarded-For` that is not an
+    /// address, where a rule needs it): 400.
+    Malformed,
     /// Needs a logged-in user; restricted to these lists when given (either one admits).
     Authenticate {
         /// Groups admitted.
