@@ -292,3 +292,38 @@ fn config_watch_config_key_defaults_on_and_turns_off() {
     let off = authgate::Config::from_toml_str(&text, path).unwrap();
     assert!(!off.server.watch_config);
 }
+
+#[tokio::test]
+async fn an_enrolment_written_to_the_credentials_file_applies_without_sighup() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("credentials.key");
+    std::fs::write(&key, "watch-test-credentials-key-0123456789").unwrap();
+    let toml = format!(
+        "{SERVER}[auth]\ncredentials_file = \"{{dir}}/credentials.toml\"\ncredentials_key_file = {:?}\n\n{}[[routes]]\npath_prefix = \"/\"\nupstream = \"builtin:whoami\"\n",
+        key.to_str().unwrap(),
+        user_toml("alice", &[])
+    );
+    let gw = TestGateway::start(&toml).await;
+    let w = gw.gateway().watch_config().await.unwrap();
+    let mut rx = w.outcomes();
+    let password = || {
+        client()
+            .post(gw.url("/.auth/login"))
+            .json(&serde_json::json!({"username": "alice", "password": PASSWORD}))
+            .send()
+    };
+    assert_eq!(
+        password().await.unwrap().status(),
+        200,
+        "no second factor yet"
+    );
+    // What `authgate totp enroll` does, from another process: the file appears.
+    let cfg = authgate::Config::load(&gw.config_path).unwrap();
+    authgate::auth::credentials::enroll(&cfg.auth.credentials.unwrap(), "alice", false).unwrap();
+    wait_for(&mut rx, "reload after the enrolment", |c| c.ok >= 1).await;
+    let r = password().await.unwrap();
+    assert_eq!(r.status(), 401, "the password alone is no longer a login");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "second_factor_required");
+    gw.shutdown().await;
+}
