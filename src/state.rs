@@ -150,35 +150,26 @@ impl Runtime {
             });
         }
 
+        // `(key, message)` pairs of a loader as errors of this file.
+        let in_file = |errs: Vec<(String, String)>| {
+            ConfigErrors(
+                errs.into_iter()
+                    .map(|(key, message)| ConfigError {
+                        file: file.clone(),
+                        key,
+                        line: None,
+                        message,
+                    })
+                    .collect(),
+            )
+        };
         let jwt = match (&config.auth.jwt, config.auth.mode) {
-            (Some(j), AuthMode::Jwt) => Some(Arc::new(JwtKeys::load(j).map_err(|errs| {
-                ConfigErrors(
-                    errs.into_iter()
-                        .map(|(key, message)| ConfigError {
-                            file: file.clone(),
-                            key,
-                            line: None,
-                            message,
-                        })
-                        .collect(),
-                )
-            })?)),
+            (Some(j), AuthMode::Jwt) => Some(Arc::new(JwtKeys::load(j).map_err(in_file)?)),
             _ => None,
         };
         let credentials = match &config.auth.credentials {
             Some(cc) => Some(Arc::new(
-                crate::auth::credentials::Credentials::load(cc).map_err(|errs| {
-                    ConfigErrors(
-                        errs.into_iter()
-                            .map(|(key, message)| ConfigError {
-                                file: file.clone(),
-                                key,
-                                line: None,
-                                message,
-                            })
-                            .collect(),
-                    )
-                })?,
+                crate::auth::credentials::Credentials::load(cc).map_err(in_file)?,
             )),
             None => None,
         };

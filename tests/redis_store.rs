@@ -762,16 +762,6 @@ async fn an_idle_session_on_redis_is_refused_and_audited_as_expired() {
     gw.shutdown().await;
 }
 
-/// A cookie `name=value` pair from a response's Set-Cookie headers.
-fn cookie_named(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
-        .map(|v| v.split(';').next().unwrap().to_string())
-}
-
 #[tokio::test]
 async fn second_factor_state_is_shared_pending_steps_replays_and_wrong_codes_across_instances() {
     init();

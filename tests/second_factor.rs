@@ -58,15 +58,6 @@ fn code_at(t: &totp_rs::Totp, time: u64) -> String {
     t.generate(time).to_string()
 }
 
-fn cookie_named(r: &reqwest::Response, name: &str) -> Option<String> {
-    r.headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
-        .map(|v| v.split(';').next().unwrap().to_string())
-}
-
 async fn password_json(gw: &TestGateway, user: &str) -> reqwest::Response {
     client()
         .post(gw.url("/.auth/login"))

@@ -453,6 +453,16 @@ pub async fn login_json(gw: &TestGateway, user: &str, password: &str) -> String 
     set_cookie_pair(&r).expect("login set no cookie")
 }
 
+/// The `name=value` pair of the (non-clearing) Set-Cookie named `name`, if the response has one.
+pub fn cookie_named(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")) && !v.contains("Max-Age=0"))
+        .map(|v| v.split(';').next().unwrap().to_string())
+}
+
 /// The `name=value` part of the first non-clearing Set-Cookie of a response.
 pub fn set_cookie_pair(r: &reqwest::Response) -> Option<String> {
     r.headers()
