@@ -339,14 +339,36 @@ mod tests {
         assert_eq!(sink.stats().dropped(Stream::Log), 0);
     }
 
+    /// [`Shared`] that says when a write has begun (and so is stuck behind the gate).
+    struct Announcing(Shared, mpsc::Sender<()>);
+
+    impl Write for Announcing {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.1.send(());
+            self.0.write(b)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn sink_with_a_blocked_destination_drops_and_counts_instead_of_waiting() {
         let out = Shared::default();
         let gate = out.1.clone();
         let held = gate.lock().unwrap();
-        let sink = Sink::spawn_with_capacity("t", Box::new(out.clone()), 8).unwrap();
+        let (entered, writing) = mpsc::channel();
+        let sink =
+            Sink::spawn_with_capacity("t", Box::new(Announcing(out.clone(), entered)), 8).unwrap();
+        // One line first, and wait until the writer is stuck writing it: from then on nothing
+        // drains the queue (otherwise a writer running beside the pushes would batch thousands
+        // of them before its first write, and fewer would be dropped).
+        sink.push(Entry::Line(b"first\n".to_vec().into()));
+        writing
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer never started writing");
         let start = Instant::now();
-        for i in 0..10_000 {
+        for i in 1..10_000 {
             sink.push(Entry::Line(format!("{i}\n").into_bytes().into()));
         }
         // Ten thousand pushes against a stuck writer return at once (no waiting anywhere).
