@@ -350,11 +350,6 @@ impl Credentials {
         self.by_user.is_empty()
     }
 
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.config.file
-    }
-
     /// The user an unused, unexpired invite token is for, and the token's hash.
     pub fn invite(&self, token: &str, now: u64) -> Option<(&str, String, bool)> {
         let h = token_hash(token);
