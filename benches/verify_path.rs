@@ -153,6 +153,7 @@ fn alice_session(rt: &Runtime, live: &Live) -> String {
             Arc::from("alice"),
             rt.users.get("alice").unwrap().password_version,
             authgate::auth::factors::PWD,
+            None,
         )
         .now_or_never()
         .expect("the memory store answers at once")

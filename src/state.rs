@@ -29,6 +29,8 @@ pub struct Runtime {
     pub users: Users,
     /// Second factors (`[auth] credentials_file`), opened.
     pub credentials: Option<Arc<crate::auth::credentials::Credentials>>,
+    /// External OpenID Connect providers (`[[auth.oidc]]`), prepared; nothing fetched yet.
+    pub oidc: crate::login::oidc::Providers,
     /// Normalised identity header names stripped from every client request.
     pub strip_names: NameSet,
     /// Normalised forwarding header names stripped unless the peer is trusted.
@@ -205,7 +207,10 @@ impl Runtime {
             Some(t) => crate::server::tls::certificate_not_after(&t.cert),
             None => None,
         };
+        let oidc =
+            crate::login::oidc::Providers::build(&config.auth.oidc).map_err(|(k, m)| err(&k, m))?;
         Ok(Runtime {
+            oidc,
             log_format: telemetry.format(&config),
             telemetry,
             tls_not_after,

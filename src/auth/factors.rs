@@ -9,7 +9,11 @@ pub const PWD: Amr = 1;
 /// A one-time code from an authenticator app, or a recovery code (RFC 8176 `otp`).
 pub const OTP: Amr = 2;
 
-const NAMES: [(Amr, &str); 2] = [(PWD, "pwd"), (OTP, "otp")];
+/// Signed in at an external OpenID Connect provider, which vouched for the user (not an RFC
+/// 8176 name: `ext`). With the provider's own multi-factor login it comes with `pwd` + `otp`.
+pub const EXT: Amr = 4;
+
+const NAMES: [(Amr, &str); 3] = [(PWD, "pwd"), (OTP, "otp"), (EXT, "ext")];
 
 /// The RFC 8176 names in `amr`, in a fixed order.
 pub fn names(amr: Amr) -> Vec<&'static str> {
@@ -48,6 +52,9 @@ mod tests {
         assert_eq!(names(PWD | OTP), ["pwd", "otp"]);
         assert_eq!(parse(["otp", "pwd"]), PWD | OTP);
         assert_eq!(parse(["hwk"]), PWD);
+        assert_eq!(parse(["ext"]), EXT);
+        assert_eq!(names(EXT | PWD | OTP), ["pwd", "otp", "ext"]);
+        assert!(!is_multi_factor(EXT));
         assert_eq!(parse(Vec::<&str>::new()), PWD);
         assert!(is_multi_factor(PWD | OTP));
         assert!(!is_multi_factor(PWD));

@@ -156,6 +156,9 @@ pub struct VerifiedToken {
     pub sid: String,
     /// How the login was proved (the `amr` claim; a token without one: a password).
     pub amr: crate::auth::factors::Amr,
+    /// A login through an external provider (the `idp` claim), with the identity the token
+    /// describes (`sub`, `email`, `name`, `groups`) for a provider with `users = "trust"`.
+    pub external: Option<Arc<crate::auth::external::ExternalLogin>>,
     /// The revocation generation at which this (cached) token was last found not revoked.
     pub revocations_checked: RevocationMark,
 }
@@ -222,6 +225,35 @@ impl Stamp {
             amr: crate::auth::factors::PWD,
         }
     }
+}
+
+/// What a token says about its user besides the subject.
+struct Profile<'a> {
+    email: Option<&'a str>,
+    groups: &'a [String],
+    /// Only for a trusted external identity.
+    name: Option<&'a str>,
+    /// The external provider of the login.
+    idp: Option<&'a str>,
+}
+
+/// The external login a token describes; its identity is built (once per verified token, which
+/// the token cache keeps) when the claims make a valid one.
+fn external_login(
+    provider: &str,
+    sub: &str,
+    email: Option<&str>,
+    name: Option<&str>,
+    groups: Vec<String>,
+    version: Option<u64>,
+) -> Arc<crate::auth::external::ExternalLogin> {
+    let identity = version
+        .and_then(|v| crate::auth::users::User::external(sub, email, name, groups, v).ok())
+        .map(Arc::new);
+    Arc::new(crate::auth::external::ExternalLogin {
+        provider: Arc::from(provider),
+        identity,
+    })
 }
 
 /// The `pwv` claim of a password version: base64url of its 8 bytes.
@@ -412,6 +444,10 @@ struct OutClaims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pwv: Option<&'a str>,
     amr: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
 }
 
 /// Only the members we act on; borrowed so the common (escape-free) header costs no allocation.
@@ -442,10 +478,11 @@ struct InClaims {
     auth_time_ms: Option<u64>,
     pwv: Option<String>,
     amr: Option<Vec<String>>,
-    // Type-checked even though unused here, so a token with odd shapes is rejected early.
-    #[allow(dead_code)]
+    idp: Option<String>,
+    // Read for an external identity; type-checked always, so a token with odd shapes is
+    // rejected early.
     email: Option<String>,
-    #[allow(dead_code)]
+    name: Option<String>,
     groups: Option<Vec<String>>,
 }
 
@@ -589,7 +626,42 @@ impl JwtKeys {
         stamp: Stamp,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
-        self.issue_in_session(sub, email, groups, auth_time, None, stamp, max_lifetime)
+        self.issue_in_session(
+            sub,
+            Profile {
+                email,
+                groups,
+                name: None,
+                idp: None,
+            },
+            auth_time,
+            None,
+            stamp,
+            max_lifetime,
+        )
+    }
+
+    /// Issue a token for a new login through external provider `idp`; `name` is carried for a
+    /// trusted provider's identity (which has no `[[users]]` entry to read it from).
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_external(
+        &self,
+        sub: &str,
+        email: Option<&str>,
+        name: Option<&str>,
+        groups: &[String],
+        idp: &str,
+        stamp: Stamp,
+        max_lifetime: Duration,
+    ) -> Result<IssuedToken, JwtError> {
+        let profile = Profile {
+            email,
+            groups,
+            name,
+            idp: Some(idp),
+        };
+        let auth_time = stamp.now_ms / 1000;
+        self.issue_in_session(sub, profile, auth_time, None, stamp, max_lifetime)
     }
 
     /// Sliding renewal of `prev` (as [`JwtKeys::renew`]), stamped (see [`Stamp`]).
@@ -601,10 +673,17 @@ impl JwtKeys {
         stamp: Stamp,
         max_lifetime: Duration,
     ) -> Result<IssuedToken, JwtError> {
-        self.issue_in_session(
-            &prev.sub,
+        let ext = prev.external.as_deref();
+        let trusted = ext.and_then(|e| e.identity.as_deref());
+        let profile = Profile {
             email,
             groups,
+            name: trusted.and_then(|u| u.name.as_deref()),
+            idp: ext.map(|e| &*e.provider),
+        };
+        self.issue_in_session(
+            &prev.sub,
+            profile,
             prev.auth_time,
             Some((&prev.sid, prev.auth_time_ms, prev.amr)),
             stamp,
@@ -648,8 +727,7 @@ impl JwtKeys {
     fn issue_in_session(
         &self,
         sub: &str,
-        email: Option<&str>,
-        groups: &[String],
+        profile: Profile<'_>,
         auth_time: u64,
         session: Option<(&str, u64, crate::auth::factors::Amr)>,
         stamp: Stamp,
@@ -687,6 +765,12 @@ impl JwtKeys {
                 URL_SAFE_NO_PAD.encode(id)
             }
         };
+        let Profile {
+            email,
+            groups,
+            name,
+            idp,
+        } = profile;
         let claims = OutClaims {
             iss: &self.issuer,
             aud: &self.audience,
@@ -702,6 +786,8 @@ impl JwtKeys {
             auth_time_ms,
             pwv: pwv.as_deref(),
             amr: crate::auth::factors::names(amr),
+            idp,
+            name,
         };
         let payload = serde_json::to_vec(&claims)
             .map_err(|_| JwtError::Sign("cannot encode claims".into()))?;
@@ -728,6 +814,9 @@ impl JwtKeys {
                 auth_time,
                 sid,
                 amr,
+                external: idp.map(|p| {
+                    external_login(p, sub, email, name, groups.to_vec(), stamp.password_version)
+                }),
                 revocations_checked: RevocationMark::default(),
             },
         })
@@ -833,6 +922,16 @@ impl JwtKeys {
             }
         };
         let amr = crate::auth::factors::parse(c.amr.iter().flatten().map(String::as_str));
+        let external = c.idp.as_deref().map(|p| {
+            external_login(
+                p,
+                &sub,
+                c.email.as_deref(),
+                c.name.as_deref(),
+                c.groups.unwrap_or_default(),
+                password_version,
+            )
+        });
         Ok(VerifiedToken {
             sub,
             jti,
@@ -843,6 +942,7 @@ impl JwtKeys {
             auth_time,
             sid,
             amr,
+            external,
             revocations_checked: RevocationMark::default(),
         })
     }
@@ -2749,6 +2849,7 @@ qzcvZbJUT2ol3eekzG1MTLg+CT/uoZy1+GBEy40XvEpz2fwUMSXY0BM=
                 auth_time: t,
                 sid: "s".into(),
                 amr: crate::auth::factors::PWD,
+                external: None,
                 revocations_checked: RevocationMark::default(),
             }),
         };

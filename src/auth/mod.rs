@@ -3,6 +3,7 @@
 
 pub mod cookies;
 pub mod credentials;
+pub mod external;
 pub mod factors;
 pub mod jwt;
 pub mod password;
@@ -48,6 +49,14 @@ impl Authenticated {
         match &self.credential {
             Credential::Session(s) => s.amr,
             Credential::Jwt(t) => t.amr,
+        }
+    }
+
+    /// The external provider the login was made through, if any.
+    pub fn provider(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Session(s) => s.via.as_ref().map(|v| &*v.provider),
+            Credential::Jwt(t) => t.external.as_ref().map(|v| &*v.provider),
         }
     }
 
@@ -135,7 +144,7 @@ pub fn authenticate(
                     return Err(e);
                 }
             };
-            let Some(user) = session_user(rt, &s).cloned() else {
+            let Some(user) = session_user(rt, &s) else {
                 outcome(R::Revoked);
                 return Ok(None);
             };
@@ -168,7 +177,7 @@ pub fn authenticate(
                 }
             };
             let user = match jwt_user(rt, live, &vt) {
-                Ok(Some(u)) => u.clone(),
+                Ok(Some(u)) => u,
                 Ok(None) => {
                     outcome(R::Revoked);
                     return Ok(None);
@@ -207,14 +216,22 @@ pub fn credential_hash(rt: &Runtime, headers: &HeaderMap, c: &Credential) -> Opt
 }
 
 /// The user a (live) session belongs to, if it still may act for them: the user exists in the
-/// current snapshot and their password has not changed since the login.
-pub fn session_user<'a>(rt: &'a Runtime, s: &session::SessionData) -> Option<&'a Arc<User>> {
+/// current snapshot and their password has not changed since the login — or, for a login
+/// through an external provider, what [`crate::login::oidc::identity_of`] says.
+pub fn session_user(rt: &Runtime, s: &session::SessionData) -> Option<Arc<User>> {
+    if let Some(via) = &s.via {
+        let u = crate::login::oidc::identity_of(rt, &s.username, s.password_version, via);
+        if u.is_none() {
+            tracing::debug!(user = %s.username, provider = %via.provider, "external login no longer stands");
+        }
+        return u;
+    }
     let user = rt.users.get(&s.username)?;
     if user.password_version != s.password_version {
         tracing::debug!(user = %user.username, "session from before a password change");
         return None;
     }
-    Some(user)
+    Some(Arc::clone(user))
 }
 
 /// The user a verified token belongs to, if it still may act for them: not revoked (its `jti`,
@@ -222,11 +239,11 @@ pub fn session_user<'a>(rt: &'a Runtime, s: &session::SessionData) -> Option<&'a
 /// and the token carries the user's current password version. Time limits (`exp`,
 /// `max_lifetime`) are the verifier's.
 /// `Err` when the revocation state cannot be vouched for (fail closed, as 503).
-pub fn jwt_user<'a>(
-    rt: &'a Runtime,
+pub fn jwt_user(
+    rt: &Runtime,
     live: &Live,
     vt: &jwt::VerifiedToken,
-) -> Result<Option<&'a Arc<User>>, StoreUnavailable> {
+) -> Result<Option<Arc<User>>, StoreUnavailable> {
     if !live.revocations.vouched() {
         return Err(StoreUnavailable);
     }
@@ -244,6 +261,21 @@ pub fn jwt_user<'a>(
         }
         vt.revocations_checked.set_checked_at(generation);
     }
+    if let Some(ext) = &vt.external {
+        let Some(version) = vt.password_version else {
+            return Ok(None);
+        };
+        // A token names the provider's user in `sub`; under "link" the identity is the local
+        // user's, under "trust" the one the token describes.
+        let linked = crate::auth::external::ExternalLogin {
+            provider: ext.provider.clone(),
+            identity: None,
+        };
+        let trusted = crate::login::oidc::identity_of(rt, &vt.sub, version, ext);
+        return Ok(
+            trusted.or_else(|| crate::login::oidc::identity_of(rt, &vt.sub, version, &linked))
+        );
+    }
     let Some(user) = rt.users.get(&vt.sub) else {
         return Ok(None);
     };
@@ -251,7 +283,7 @@ pub fn jwt_user<'a>(
         tracing::debug!(user = %vt.sub, "jwt from before a password change");
         return Ok(None);
     }
-    Ok(Some(user))
+    Ok(Some(Arc::clone(user)))
 }
 
 /// Sliding renewal: a fresh cookie once less than half the ttl is left, never past max_lifetime.
@@ -270,6 +302,37 @@ fn renew_if_due(
         return None;
     }
     issue_jwt_cookie(rt, user, Some(vt), session::unix_now_ms(), vt.amr).ok()
+}
+
+/// Issues a JWT for a new login of `user` through external provider `provider` and returns its
+/// Set-Cookie value.
+pub fn issue_external_jwt_cookie(
+    rt: &Runtime,
+    user: &User,
+    provider: &str,
+    now_ms: u64,
+    amr: factors::Amr,
+) -> Result<HeaderValue, String> {
+    let keys = rt.jwt.as_ref().ok_or("jwt mode without keys")?;
+    let stamp = jwt::Stamp {
+        now_ms,
+        password_version: Some(user.password_version),
+        amr,
+    };
+    let trusted = matches!(user.hash, password::PasswordHashKind::None);
+    let issued = keys
+        .issue_external(
+            &user.username,
+            user.email.as_deref(),
+            if trusted { user.name.as_deref() } else { None },
+            &user.groups,
+            provider,
+            stamp,
+            rt.config.auth.max_lifetime,
+        )
+        .map_err(|e| e.to_string())?;
+    let max_age = issued.claims.exp.saturating_sub(now_ms / 1000);
+    cookies::session_cookie(&rt.config, &issued.token, max_age)
 }
 
 /// Issues a JWT for `user` — a new login, or the renewal of `prev` (same login session) — and

@@ -36,6 +36,8 @@ pub enum PasswordHashKind {
     Argon2(Arc<PreparedArgon2>),
     /// bcrypt `$2b$`/`$2y$`/`$2a$`.
     Bcrypt(String),
+    /// No password: an identity an external provider vouched for. Nothing verifies against it.
+    None,
 }
 
 impl std::fmt::Debug for PasswordHashKind {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for PasswordHashKind {
         f.write_str(match self {
             Self::Argon2(_) => "Argon2(..)",
             Self::Bcrypt(_) => "Bcrypt(..)",
+            Self::None => "None",
         })
     }
 }
@@ -150,6 +153,7 @@ pub fn verify(hash: &PasswordHashKind, password: &[u8]) -> bool {
             }
             bcrypt::verify(password, h).unwrap_or(false)
         }
+        PasswordHashKind::None => false,
     }
 }
 
@@ -171,6 +175,7 @@ pub fn hash(password: &[u8]) -> Result<String, String> {
 enum Profile {
     Argon2(argon2::Algorithm, argon2::Version, u32, u32, u32, usize),
     Bcrypt(u32),
+    None,
 }
 
 fn profile(h: &PasswordHashKind) -> Profile {
@@ -186,6 +191,7 @@ fn profile(h: &PasswordHashKind) -> Profile {
         PasswordHashKind::Bcrypt(h) => {
             Profile::Bcrypt(h.get(4..6).and_then(|c| c.parse().ok()).unwrap_or(12))
         }
+        PasswordHashKind::None => Profile::None,
     }
 }
 
@@ -220,7 +226,7 @@ pub fn dummy_hash_like<'a>(hashes: impl Iterator<Item = &'a PasswordHashKind>) -
                         .map_err(|e| e.to_string())
                 })
         }
-        None => hash(&pw),
+        None | Some(Profile::None) => hash(&pw),
     };
     made.and_then(|h| check_hash(&h))
         .or_else(|_| hash(&pw).and_then(|h| check_hash(&h)))

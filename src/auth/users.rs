@@ -91,6 +91,53 @@ pub struct IdentityValues {
     pub name: Option<HeaderValue>,
 }
 
+impl User {
+    /// An identity an external provider vouched for (`users = "trust"`): no password, the
+    /// provider's version (see [`crate::login::oidc`]) in place of a password version. Checks
+    /// every value the way the users table does; the error names the offending claim.
+    pub fn external(
+        username: &str,
+        email: Option<&str>,
+        name: Option<&str>,
+        groups: Vec<String>,
+        version: u64,
+    ) -> Result<User, String> {
+        validate_username(username).map_err(|e| format!("user name: {e}"))?;
+        if let Some(e) = email {
+            validate_header_text(e, false).map_err(|m| format!("email: {m}"))?;
+        }
+        if let Some(n) = name {
+            validate_header_text(n, true).map_err(|m| format!("name: {m}"))?;
+        }
+        for g in &groups {
+            validate_header_text(g, false).map_err(|m| format!("group {g:?}: {m}"))?;
+        }
+        let hv = |s: &str| {
+            HeaderValue::from_bytes(s.as_bytes()).map_err(|_| "not a header value".to_string())
+        };
+        let header_values = IdentityValues {
+            user: hv(username)?,
+            email: email.map(hv).transpose()?,
+            groups: if groups.is_empty() {
+                None
+            } else {
+                Some(hv(&groups.join(","))?)
+            },
+            name: name.map(hv).transpose()?,
+        };
+        Ok(User {
+            username: Arc::from(username),
+            email: email.map(str::to_string),
+            name: name.map(str::to_string),
+            groups,
+            hash: PasswordHashKind::None,
+            password_version: version,
+            demo: false,
+            header_values,
+        })
+    }
+}
+
 /// All users by name.
 #[derive(Debug, Default)]
 pub struct Users {

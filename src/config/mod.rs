@@ -4,6 +4,7 @@
 //! (`routes[2].upstream`) and, where toml reports one, the line.
 
 pub mod lines;
+pub mod oidc;
 mod raw;
 
 use std::collections::HashSet;
@@ -309,6 +310,8 @@ pub struct AuthConfig {
     pub csrf_cookie_name: String,
     /// The cookie of a pending second step (`<name>_2fa`).
     pub step_cookie_name: String,
+    /// The cookie binding logins at external providers to the browser (`<name>_oidc`).
+    pub oidc_cookie_name: String,
     /// Inactivity limit (session mode).
     pub idle_timeout: Duration,
     /// Absolute limit since login.
@@ -327,6 +330,10 @@ pub struct AuthConfig {
     pub credentials: Option<crate::auth::credentials::CredentialsConfig>,
     /// `[auth.jwt]`, validated but with keys not yet loaded.
     pub jwt: Option<JwtConfig>,
+    /// The password form is offered (`password_login`, default true).
+    pub password_login: bool,
+    /// `[[auth.oidc]]`: external OpenID Connect providers, in file order.
+    pub oidc: Vec<oidc::OidcConfig>,
 }
 
 /// JWT signing/verification algorithm, pinned by configuration.
@@ -867,6 +874,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     let cookie_name = format!("{prefix}{base_cookie}");
     let csrf_cookie_name = format!("{prefix}{base_cookie}_csrf");
     let step_cookie_name = format!("{prefix}{base_cookie}_2fa");
+    let oidc_cookie_name = format!("{prefix}{base_cookie}_oidc");
     let idle_timeout = c.duration(
         "auth.idle_timeout",
         raw.auth.idle_timeout.as_deref(),
@@ -914,6 +922,14 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         c.err("auth.otp_failures_per_minute", "must be at least 1");
     }
     let credentials = validate_credentials(&raw.auth, file, &mut c);
+    let oidc = oidc::validate(&raw.auth.oidc, &server.public_url, file, &mut c);
+    let password_login = raw.auth.password_login.unwrap_or(true);
+    if !password_login && oidc.is_empty() {
+        c.err(
+            "auth.password_login",
+            "false leaves no way to sign in: configure an [[auth.oidc]] provider",
+        );
+    }
     let jwt = match (&raw.auth.jwt, mode) {
         (Some(j), _) => validate_jwt(j, file, &mut c),
         (None, AuthMode::Jwt) => {
@@ -930,6 +946,7 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         cookie_name,
         csrf_cookie_name,
         step_cookie_name,
+        oidc_cookie_name,
         idle_timeout,
         max_lifetime,
         max_sessions: max_sessions.max(1),
@@ -939,6 +956,8 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
         otp_failures_per_minute: otp_failures_per_minute.max(1),
         credentials,
         jwt,
+        password_login,
+        oidc,
     };
 
     // [headers]

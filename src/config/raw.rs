@@ -108,7 +108,34 @@ pub struct RawAuth {
     pub credentials_file: Option<String>,
     pub credentials_key_file: Option<String>,
     pub credentials_key_env: Option<String>,
+    pub password_login: Option<bool>,
     pub jwt: Option<RawJwt>,
+    #[serde(default)]
+    pub oidc: Vec<RawOidc>,
+}
+
+/// `[[auth.oidc]]`
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    pub id: String,
+    pub display_name: Option<String>,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret_file: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub user_claim: Option<String>,
+    pub email_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub groups_prefix: Option<String>,
+    pub allowed_email_domains: Option<Vec<String>>,
+    pub allowed_groups: Option<Vec<String>>,
+    pub users: Option<String>,
+    pub allow_unverified_email: Option<bool>,
+    pub id_token_algorithms: Option<Vec<String>>,
+    pub logout_at_provider: Option<bool>,
+    pub ca_file: Option<String>,
 }
 
 /// `[auth.jwt]`

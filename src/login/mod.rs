@@ -3,6 +3,7 @@
 
 mod enrol;
 pub mod hashing;
+pub mod oidc;
 pub mod page;
 mod second;
 
@@ -79,6 +80,8 @@ pub async fn endpoint(
         }),
         "/.auth/login" => match m {
             Method::GET | Method::HEAD => Ok(login_get(shared, rt, &req)),
+            // SSO only: no password is checked at all, whoever asks.
+            Method::POST if !rt.config.auth.password_login => Err(GatewayError::NotFound),
             Method::POST => {
                 let o = origin();
                 let start = std::time::Instant::now();
@@ -132,6 +135,32 @@ pub async fn endpoint(
             }
         }
         "/.auth/verify" => verify(shared, rt, &req, conn, &origin()),
+        p if p.starts_with("/.auth/oidc/") => {
+            let rest = &p["/.auth/oidc/".len()..];
+            let Some((id, action)) = rest.split_once('/') else {
+                return Err(GatewayError::NotFound);
+            };
+            match (action, &m) {
+                ("start", &Method::GET | &Method::HEAD) => oidc::start(shared, rt, &req, id).await,
+                ("callback", &Method::GET) => {
+                    let o = origin();
+                    let start = std::time::Instant::now();
+                    let r = oidc::callback(shared, rt, &req, id, &o).await;
+                    let result = match &r {
+                        Ok(resp) if resp.status().is_redirection() => LoginResult::Ok,
+                        Ok(resp) if resp.status().is_server_error() => {
+                            LoginResult::ProviderUnavailable
+                        }
+                        Ok(_) => LoginResult::ProviderRefused,
+                        Err(_) => login_result(&r),
+                    };
+                    rt.telemetry.metrics.login(result, start.elapsed());
+                    r
+                }
+                ("start" | "callback", _) => Err(GatewayError::MethodNotAllowed),
+                _ => Err(GatewayError::NotFound),
+            }
+        }
         "/.auth/jwks.json" => {
             get_only(&m)?;
             match rt.jwt.as_ref().and_then(|k| k.jwks_json()) {
@@ -345,12 +374,23 @@ fn login_get<B>(shared: &Arc<Shared>, rt: &Runtime, req: &Request<B>) -> Respons
     let (csrf, set) = csrf_token(rt, req.headers());
     let mut r = html(
         StatusCode::OK,
-        page::login_page(&csrf, &rd, None, "", rt.users.has_demo()),
+        page::login_page(&csrf, &rd, None, "", rt.users.has_demo(), login_methods(rt)),
     );
     if let Some(c) = set {
         r.headers_mut().append(header::SET_COOKIE, c);
     }
+    if let Some(c) = oidc::binding_for_page(rt, req.headers()) {
+        r.headers_mut().append(header::SET_COOKIE, c);
+    }
     r
+}
+
+/// What the login page offers.
+fn login_methods(rt: &Runtime) -> page::Methods<'_> {
+    page::Methods {
+        password: rt.config.auth.password_login,
+        providers: rt.oidc.buttons(),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -544,6 +584,7 @@ async fn login_post(
                         Some(BAD_CREDENTIALS),
                         &form.username,
                         rt.users.has_demo(),
+                        login_methods(rt),
                     ),
                 )
             }
@@ -559,7 +600,17 @@ async fn login_post(
         tracing::info!(client = %ip, user = %user.username, "password accepted; second factor asked");
         return second::begin(shared, rt, &user, &kind, &rd, &parts.headers).await;
     }
-    second::mint(shared, rt, &user, crate::auth::factors::PWD, &kind, &rd, o).await
+    second::mint(
+        shared,
+        rt,
+        &user,
+        crate::auth::factors::PWD,
+        None,
+        &kind,
+        &rd,
+        o,
+    )
+    .await
 }
 
 /// Checks `password` for `username` under the login limits, on the bounded hashing pool:
@@ -763,12 +814,20 @@ async fn logout_post(
             audit.emit(e);
         }
     }
+    // A login made at an external provider set to `logout_at_provider` continues there.
+    let end_session = auth
+        .as_ref()
+        .and_then(|a| a.provider())
+        .and_then(|p| oidc::end_session_url(rt, p));
     let mut r = if matches!(kind, Ok(Kind::Form)) || browser {
-        redirect(&format!("{}/.auth/login", rt.config.server.public_origin))
+        match &end_session {
+            Some(u) => redirect(u),
+            None => redirect(&format!("{}/.auth/login", rt.config.server.public_origin)),
+        }
     } else {
         json(
             StatusCode::OK,
-            serde_json::json!({"ok": true, "was_logged_in": auth.is_some()}),
+            serde_json::json!({"ok": true, "was_logged_in": auth.is_some(), "end_session_url": end_session}),
         )
     };
     r.headers_mut().append(
@@ -814,7 +873,7 @@ fn me(rt: &Runtime, a: &Authenticated) -> Response<Body> {
     let u = &a.user;
     let mut r = json(
         StatusCode::OK,
-        serde_json::json!({"user": &*u.username, "email": u.email, "name": u.name, "groups": u.groups, "mode": mode, "expires_at": expires, "amr": crate::auth::factors::names(a.amr()), "auth_time": a.auth_time()}),
+        serde_json::json!({"user": &*u.username, "email": u.email, "name": u.name, "groups": u.groups, "mode": mode, "expires_at": expires, "amr": crate::auth::factors::names(a.amr()), "auth_time": a.auth_time(), "method": if a.provider().is_some() { "oidc" } else { "password" }, "provider": a.provider()}),
     );
     if let Some(c) = &a.renew {
         r.headers_mut().append(header::SET_COOKIE, c.clone());

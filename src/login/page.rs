@@ -3,14 +3,48 @@
 
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 
-/// The login form.
+/// What the login page offers besides (or instead of) the password form.
+#[derive(Debug, Clone, Copy)]
+pub struct Methods<'a> {
+    /// The password form is shown.
+    pub password: bool,
+    /// One button per external provider: (id, label).
+    pub providers: &'a [(String, String)],
+}
+
+/// The login page: one link per external provider (plain links: no JavaScript), then the
+/// password form unless it is switched off.
 pub fn login_page(
     csrf: &str,
     rd: &str,
     error: Option<&str>,
     username: &str,
     demo_hint: bool,
+    methods: Methods<'_>,
 ) -> String {
+    let rd_q = percent_encoding::utf8_percent_encode(rd, super::QUERY_VALUE).to_string();
+    let mut sso = String::new();
+    for (id, label) in methods.providers {
+        sso.push_str(&format!(
+            "<a class=\"sso\" href=\"/.auth/oidc/{id}/start?rd={rd}\">Sign in with {label}</a>",
+            id = attr(id),
+            rd = attr(&rd_q),
+            label = text(label),
+        ));
+    }
+    if !methods.password {
+        let err = match error {
+            Some(e) => format!("<p class=\"error\" role=\"alert\">{}</p>", text(e)),
+            None => String::new(),
+        };
+        return format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"same-origin\"><title>Sign in</title><style>{css}</style></head><body><main class=\"card\"><h1>Sign in</h1>{err}{sso}</main></body></html>",
+            css = crate::PAGE_CSS,
+        );
+    }
+    if !sso.is_empty() {
+        sso.push_str("<p class=\"or\">or with your password</p>");
+    }
     let err = match error {
         Some(e) => format!(
             "<p class=\"error\" role=\"alert\" id=\"login-error\">{}</p>",
@@ -34,7 +68,7 @@ pub fn login_page(
         ("", " autofocus")
     };
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"same-origin\"><title>Sign in</title><style>{css}</style></head><body><main class=\"card\"><h1>Sign in</h1>{hint}{err}<form method=\"post\" action=\"/.auth/login\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\"><label for=\"username\">Username</label><input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required value=\"{user}\"{uf}{described}><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{pf}{described}><button type=\"submit\">Sign in</button></form></main></body></html>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><meta name=\"referrer\" content=\"same-origin\"><title>Sign in</title><style>{css}</style></head><body><main class=\"card\"><h1>Sign in</h1>{hint}{err}{sso}<form method=\"post\" action=\"/.auth/login\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"rd\" value=\"{rd}\"><label for=\"username\">Username</label><input id=\"username\" name=\"username\" type=\"text\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\" required value=\"{user}\"{uf}{described}><label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{pf}{described}><button type=\"submit\">Sign in</button></form></main></body></html>",
         css = crate::PAGE_CSS,
         csrf = attr(csrf),
         rd = attr(rd),

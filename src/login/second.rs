@@ -22,6 +22,7 @@ use super::{
     audit_login, body_kind, check_csrf_token, check_origin, csrf_cookie_value, csrf_token, html,
     json, page, read_body, redirect, safe_rd, store_error, Kind,
 };
+use crate::auth::external::ExternalLogin;
 use crate::auth::factors::{self, Amr};
 use crate::auth::users::User;
 use crate::auth::{authenticate, cookies, issue_jwt_cookie, Credential};
@@ -44,6 +45,7 @@ pub(super) async fn mint(
     rt: &Runtime,
     user: &Arc<User>,
     amr: Amr,
+    via: Option<Arc<ExternalLogin>>,
     kind: &Kind,
     rd: &str,
     o: &Origin,
@@ -53,25 +55,42 @@ pub(super) async fn mint(
             let id = shared
                 .live
                 .sessions
-                .create(user.username.clone(), user.password_version, amr)
+                .create(
+                    user.username.clone(),
+                    user.password_version,
+                    amr,
+                    via.clone(),
+                )
                 .await
                 .map_err(store_error)?;
             cookies::session_cookie(&rt.config, &id, rt.config.auth.max_lifetime.as_secs())
                 .map_err(GatewayError::Internal)?
         }
-        AuthMode::Jwt => issue_jwt_cookie(rt, user, None, crate::auth::session::unix_now_ms(), amr)
-            .map_err(|e| {
+        AuthMode::Jwt => {
+            let now_ms = crate::auth::session::unix_now_ms();
+            let issued = match &via {
+                None => issue_jwt_cookie(rt, user, None, now_ms, amr),
+                Some(v) => {
+                    crate::auth::issue_external_jwt_cookie(rt, user, &v.provider, now_ms, amr)
+                }
+            };
+            issued.map_err(|e| {
                 tracing::error!(user = %user.username, error = %e, "cannot issue token");
                 GatewayError::Internal("token issue failed".into())
-            })?,
+            })?
+        }
     };
     let names = factors::names(amr);
-    tracing::info!(client = %o.client, user = %user.username, amr = %names.join(","), "login succeeded");
+    let provider = via.as_ref().map(|v| &*v.provider).unwrap_or("");
+    tracing::info!(client = %o.client, user = %user.username, amr = %names.join(","), provider, "login succeeded");
     let audit = &rt.telemetry.audit;
     if audit.enabled() {
         let mut e = crate::telemetry::audit::AuditEvent::from(AuditKind::Login, "success", o);
         e.user = Some(audit.user(&user.username, true));
         e.amr = Some(names.join(",").into());
+        if !provider.is_empty() {
+            e.detail = Some(format!("provider={provider}"));
+        }
         audit.emit(e);
     }
     let mut r = match kind {
@@ -334,7 +353,7 @@ pub(super) async fn code_post(
     }
     live.otp.forgive(&user.username);
     let amr = amr_before | factors::PWD | factors::OTP;
-    let mut r = mint(shared, rt, &user, amr, &kind, &rd, o).await?;
+    let mut r = mint(shared, rt, &user, amr, None, &kind, &rd, o).await?;
     // A step-up replaces the password-only session: the old id stops working.
     if let Subject::StepUp(a) = &subject {
         if let (Credential::Session(_), CookieLookup::One(v)) = (

@@ -284,7 +284,7 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
                 live.sessions.peek(cookie)
             };
             match s {
-                Ok(s) => s.and_then(|s| session_user(rt, &s).cloned()),
+                Ok(s) => s.and_then(|s| session_user(rt, &s)),
                 // An outage of the store is not a logout: the tunnel stays until it can tell.
                 Err(_) => return true,
             }
@@ -305,7 +305,7 @@ fn still_allowed(rt: &Runtime, live: &Live, scope: &TunnelScope, active: bool) -
                 }
             }
             match jwt_user(rt, live, vt) {
-                Ok(u) => u.cloned(),
+                Ok(u) => u,
                 Err(_) => return true,
             }
         }

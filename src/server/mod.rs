@@ -56,6 +56,7 @@ impl Gateway {
         tls::install_crypto_provider();
         let telemetry = crate::telemetry::Telemetry::new(&config).map_err(anyhow::Error::msg)?;
         let runtime = Runtime::build_with(config, telemetry).map_err(|e| anyhow::anyhow!("{e}"))?;
+        runtime.oidc.warm_up();
         let cfg = runtime.config.clone();
         let tls_cfg = runtime.tls.clone();
         let live = crate::state::Live::open(&runtime.config).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -79,6 +79,16 @@ pub trait OtpStore: Send + Sync + 'static {
     fn put_pending(&self, ticket: &str, p: &Pending) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Takes a pending second step (single use: a second take finds nothing).
     fn take_pending(&self, ticket: &str) -> BoxFuture<'_, Result<Option<Pending>, StoreError>>;
+    /// Stores the one-time state of a login at an external provider (`state`, `nonce`, PKCE
+    /// verifier) under `id` (a hash of the `state` value) until `expires_ms` (Unix ms).
+    fn put_flow(
+        &self,
+        id: &str,
+        value: String,
+        expires_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Takes it (single use: a second take, on any instance, finds nothing).
+    fn take_flow(&self, id: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>>;
 }
 
 /// The in-memory backend.
@@ -86,6 +96,8 @@ pub struct MemoryOtp {
     steps: DashMap<String, u64>,
     used: DashMap<String, Instant>,
     pending: DashMap<String, Pending>,
+    /// External-provider login states: value and expiry (Unix ms).
+    flows: DashMap<String, (String, u64)>,
     /// Attempts per user in the current minute: (count, window start).
     attempts: DashMap<String, (u32, Instant)>,
     per_minute: std::sync::atomic::AtomicU32,
@@ -99,6 +111,7 @@ impl MemoryOtp {
             steps: DashMap::new(),
             used: DashMap::new(),
             pending: DashMap::new(),
+            flows: DashMap::new(),
             attempts: DashMap::new(),
             per_minute: std::sync::atomic::AtomicU32::new(per_minute),
             sweep_at: Mutex::new(Instant::now()),
@@ -118,12 +131,17 @@ impl MemoryOtp {
         if due.unwrap_or(false) {
             let now_ms = super::session::unix_now_ms();
             self.pending.retain(|_, p| p.live(now_ms));
+            self.flows.retain(|_, (_, exp)| now_ms < *exp);
             self.used.retain(|_, exp| *exp > now);
             self.attempts
                 .retain(|_, (_, start)| now.duration_since(*start) < WINDOW);
         }
     }
 }
+
+/// External-provider logins in progress one process keeps at most (each ~300 bytes; a flood of
+/// `/start` requests meets this bound, then `503`, instead of exhausting memory).
+pub const MAX_FLOWS: usize = 100_000;
 
 /// The window of the code limiter.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -213,6 +231,37 @@ impl OtpStore for MemoryOtp {
             .and_then(|(_, p)| p.live(now_ms).then_some(p));
         super::ready(Ok(p))
     }
+
+    fn put_flow(
+        &self,
+        id: &str,
+        value: String,
+        expires_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.sweep();
+        if self.flows.len() >= MAX_FLOWS {
+            let now_ms = super::session::unix_now_ms();
+            self.flows.retain(|_, (_, exp)| now_ms < *exp);
+            if self.flows.len() >= MAX_FLOWS {
+                tracing::warn!(
+                    limit = MAX_FLOWS,
+                    "too many external sign-ins in progress; refusing new ones"
+                );
+                return super::ready(Err(StoreError::Unavailable));
+            }
+        }
+        self.flows.insert(id.to_string(), (value, expires_ms));
+        super::ready(Ok(()))
+    }
+
+    fn take_flow(&self, id: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let now_ms = super::session::unix_now_ms();
+        let v = self
+            .flows
+            .remove(id)
+            .and_then(|(_, (v, exp))| (now_ms < exp).then_some(v));
+        super::ready(Ok(v))
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +270,17 @@ mod tests {
 
     fn run<T>(f: BoxFuture<'_, T>) -> T {
         futures_util::FutureExt::now_or_never(f).expect("memory backend is ready at once")
+    }
+
+    #[test]
+    fn a_login_flow_is_taken_once_and_not_after_it_expired() {
+        let s = MemoryOtp::new(5);
+        let later = super::super::session::unix_now_ms() + 60_000;
+        run(s.put_flow("a", "one".into(), later)).unwrap();
+        assert_eq!(run(s.take_flow("a")).unwrap().as_deref(), Some("one"));
+        assert_eq!(run(s.take_flow("a")).unwrap(), None);
+        run(s.put_flow("b", "two".into(), 1)).unwrap();
+        assert_eq!(run(s.take_flow("b")).unwrap(), None);
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //! - `<p>r:j:<jti>` — a revoked token or login session id, expiring when it would anyway.
 //! - `<p>r:u:<username>` — sign-out-everywhere time (ms), expiring after `max_lifetime`.
 //! - `<p>l:a:<address>`, `<p>l:u:<username>` — failed-login counters, one-minute windows.
+//! - `<p>o:…` — the second factor's state ([`RedisOtp`]).
+//! - `<p>x:<sha256(state) hex>` — a login at an external provider in progress (PKCE verifier,
+//!   nonce, return path), 10 minutes, taken with `GETDEL` (single use across instances).
 //!
 //! When L1 cannot be trusted (heartbeat silent for 100 ms, tracking connection down) a session
 //! is read from Redis for that request (and trusted for 100 ms), or, if Redis does not answer
@@ -223,6 +226,7 @@ enum Cached {
         username: Arc<str>,
         password_version: u64,
         amr: crate::auth::factors::Amr,
+        via: Option<Arc<crate::auth::external::ExternalLogin>>,
         created_ms: u64,
         /// Latest use known here (Unix ms): our own requests, or another instance's touch.
         last_ms: AtomicU64,
@@ -306,6 +310,7 @@ impl RedisSessions {
                 username,
                 password_version,
                 amr,
+                via,
                 created_ms,
                 last_ms,
                 written_ms,
@@ -358,6 +363,7 @@ impl RedisSessions {
                     created_unix: created_ms / 1000,
                     password_version: *password_version,
                     amr: *amr,
+                    via: via.clone(),
                 }))
             }
         }
@@ -391,7 +397,7 @@ impl RedisSessions {
                     None => Cached::Absent {
                         fetched: Instant::now(),
                     },
-                    Some((username, password_version, created_ms, amr)) => {
+                    Some((username, password_version, created_ms, amr, via)) => {
                         let local = match self.l1.get(&d).as_deref() {
                             Some(Cached::Present { last_ms, .. }) => {
                                 last_ms.load(Ordering::Relaxed)
@@ -403,6 +409,7 @@ impl RedisSessions {
                             username: Arc::from(username),
                             password_version,
                             amr,
+                            via,
                             created_ms,
                             last_ms: AtomicU64::new(last),
                             written_ms: AtomicU64::new(touch.unwrap_or(created_ms)),
@@ -436,9 +443,20 @@ impl RedisSessions {
     }
 }
 
-/// `username \n password version \n login ms [\n amr]` (records written before `amr` existed
-/// have three lines: a password login).
-fn parse_record(v: &str) -> Option<(&str, u64, u64, crate::auth::factors::Amr)> {
+/// What a session record holds.
+type Record<'a> = (
+    &'a str,
+    u64,
+    u64,
+    crate::auth::factors::Amr,
+    Option<Arc<crate::auth::external::ExternalLogin>>,
+);
+
+/// `username \n password version \n login ms [\n amr [\n external login]]` (records written
+/// before `amr` existed have three lines: a password login; the fifth line, JSON, is there for a
+/// login through an external provider, [`crate::auth::external::ExternalLogin::encode`]). An
+/// undecodable record reads as absent.
+fn parse_record(v: &str) -> Option<Record<'_>> {
     let mut it = v.split('\n');
     let username = it.next().filter(|u| !u.is_empty())?;
     let pwv = it.next()?.parse().ok()?;
@@ -447,7 +465,15 @@ fn parse_record(v: &str) -> Option<(&str, u64, u64, crate::auth::factors::Amr)> 
         None => crate::auth::factors::PWD,
         Some(a) => crate::auth::factors::parse(a.split(',')),
     };
-    it.next().is_none().then_some((username, pwv, created, amr))
+    let via = match it.next() {
+        None => None,
+        Some(line) => Some(Arc::new(crate::auth::external::ExternalLogin::decode(
+            line, username, pwv,
+        )?)),
+    };
+    it.next()
+        .is_none()
+        .then_some((username, pwv, created, amr, via))
 }
 
 impl SessionStore for Arc<RedisSessions> {
@@ -456,6 +482,7 @@ impl SessionStore for Arc<RedisSessions> {
         username: Arc<str>,
         password_version: u64,
         amr: crate::auth::factors::Amr,
+        via: Option<Arc<crate::auth::external::ExternalLogin>>,
     ) -> BoxFuture<'_, Result<String, StoreError>> {
         Box::pin(async move {
             let key = random_key().map_err(StoreError::Internal)?;
@@ -464,10 +491,14 @@ impl SessionStore for Arc<RedisSessions> {
             let now_ms = unix_now_ms();
             let lifetime = self.lifetime_ms.load(Ordering::Relaxed);
             let end = now_ms.saturating_add(lifetime);
-            let record = format!(
+            let mut record = format!(
                 "{username}\n{password_version}\n{now_ms}\n{}",
                 crate::auth::factors::names(amr).join(",")
             );
+            if let Some(v) = &via {
+                record.push('\n');
+                record.push_str(&v.encode());
+            }
             let index = self.link.key("u:", &username);
             let mut p = redis::pipe();
             p.atomic()
@@ -500,6 +531,7 @@ impl SessionStore for Arc<RedisSessions> {
                     username,
                     password_version,
                     amr,
+                    via,
                     created_ms: now_ms,
                     last_ms: AtomicU64::new(now_ms),
                     written_ms: AtomicU64::new(now_ms),
@@ -1024,6 +1056,35 @@ impl crate::store::otp::OtpStore for Arc<RedisOtp> {
             Ok(v.as_deref()
                 .and_then(crate::store::otp::Pending::decode)
                 .filter(|p| p.live(now_ms)))
+        })
+    }
+
+    fn put_flow(
+        &self,
+        id: &str,
+        value: String,
+        expires_ms: u64,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let key = self.link.key("x:", id);
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("PXAT")
+                .arg(expires_ms)
+                .ignore();
+            self.link.run::<()>(&p, WRITE_TIMEOUT).await
+        })
+    }
+
+    fn take_flow(&self, id: &str) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        let key = self.link.key("x:", id);
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.cmd("GETDEL").arg(&key);
+            let (v,): (Option<String>,) = self.link.run(&p, WRITE_TIMEOUT).await?;
+            Ok(v)
         })
     }
 }

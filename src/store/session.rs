@@ -41,6 +41,9 @@ pub struct SessionData {
     pub password_version: u64,
     /// How they proved it ([`crate::auth::factors`]).
     pub amr: crate::auth::factors::Amr,
+    /// The external provider the login was made through, if any (with the identity it
+    /// vouched for under `users = "trust"`).
+    pub via: Option<Arc<crate::auth::external::ExternalLogin>>,
 }
 
 /// A session store. Lookups are synchronous on purpose: the in-memory lookup is sub-microsecond
@@ -53,6 +56,7 @@ pub trait SessionStore: Send + Sync + 'static {
         username: Arc<str>,
         password_version: u64,
         amr: crate::auth::factors::Amr,
+        via: Option<Arc<crate::auth::external::ExternalLogin>>,
     ) -> BoxFuture<'_, Result<String, StoreError>>;
     /// Looks a cookie value up, refreshing the idle timer.
     fn get(&self, cookie_value: &str) -> Result<Option<SessionData>, StoreUnavailable>;
@@ -101,12 +105,13 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 }
 
-/// One session: 40 bytes of value beside the 32-byte key.
+/// One session: 48 bytes of value beside the 32-byte key.
 #[derive(Debug)]
 struct Slot {
     username: Arc<str>,
     password_version: u64,
     amr: crate::auth::factors::Amr,
+    via: Option<Arc<crate::auth::external::ExternalLogin>>,
     /// Milliseconds since the store's epoch.
     created_ms: u64,
     /// Milliseconds since the store's epoch; updated on every authenticated request.
@@ -221,6 +226,7 @@ impl MemorySessionStore {
                     created_unix: self.epoch_unix + s.created_ms / 1000,
                     password_version: s.password_version,
                     amr: s.amr,
+                    via: s.via.clone(),
                 })
             }
         };
@@ -276,8 +282,9 @@ impl SessionStore for MemorySessionStore {
         username: Arc<str>,
         password_version: u64,
         amr: crate::auth::factors::Amr,
+        via: Option<Arc<crate::auth::external::ExternalLogin>>,
     ) -> BoxFuture<'_, Result<String, StoreError>> {
-        crate::store::ready(self.insert_with(username, password_version, amr))
+        crate::store::ready(self.insert_via(username, password_version, amr, via))
     }
 
     #[inline]
@@ -329,6 +336,18 @@ impl MemorySessionStore {
         password_version: u64,
         amr: crate::auth::factors::Amr,
     ) -> Result<String, StoreError> {
+        self.insert_via(username, password_version, amr, None)
+    }
+
+    /// Creates a session proved by `amr`, made through `via` if any, and returns its cookie
+    /// value.
+    pub fn insert_via(
+        &self,
+        username: Arc<str>,
+        password_version: u64,
+        amr: crate::auth::factors::Amr,
+        via: Option<Arc<crate::auth::external::ExternalLogin>>,
+    ) -> Result<String, StoreError> {
         self.make_room();
         let key = random_key().map_err(StoreError::Internal)?;
         let now = self.now_ms();
@@ -338,6 +357,7 @@ impl MemorySessionStore {
                 username,
                 password_version,
                 amr,
+                via,
                 created_ms: now,
                 last_ms: AtomicU64::new(now),
             },

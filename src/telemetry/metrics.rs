@@ -265,19 +265,25 @@ pub enum LoginResult {
     Invalid = 4,
     /// The live-state store could not take the session.
     StoreUnavailable = 5,
+    /// An external provider's answer was refused (bad token, unknown state, user not allowed).
+    ProviderRefused = 6,
+    /// An external provider could not be reached.
+    ProviderUnavailable = 7,
 }
 
-const LOGIN_RESULTS: [&str; 6] = [
+const LOGIN_RESULTS: [&str; 8] = [
     "ok",
     "bad_credentials",
     "rate_limited",
     "csrf",
     "invalid_request",
     "store_unavailable",
+    "provider_refused",
+    "provider_unavailable",
 ];
 
 /// Values read when a scrape is answered.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ScrapeValues {
     /// Live sessions in this instance's store (its L1 cache with Redis).
     pub sessions: u64,
@@ -285,6 +291,8 @@ pub struct ScrapeValues {
     pub tunnels: u64,
     /// Whether the live-state store is usable.
     pub store_up: bool,
+    /// Per external provider: whether its last fetch succeeded.
+    pub oidc_up: Vec<(String, bool)>,
     /// Background store writes dropped because their queue was full.
     pub store_writes_dropped: u64,
     /// Verified-token cache hits and misses.
@@ -319,6 +327,7 @@ pub struct Metrics {
     sessions: Gauge,
     tunnels: Gauge,
     store_up: Gauge,
+    oidc_up: Family<Labels, Gauge>,
     store_writes_dropped: Mirror,
     token_cache_hits: Mirror,
     token_cache_misses: Mirror,
@@ -461,6 +470,12 @@ impl Metrics {
             "Whether the live-state store is usable (1) or not (0)",
             store_family,
         );
+        let oidc_up = Family::<Labels, Gauge>::default();
+        r.register(
+            "oidc_provider_up",
+            "Whether an external OpenID Connect provider answered its last fetch (1) or not (0)",
+            oidc_up.clone(),
+        );
         let store_writes_dropped = Mirror::default();
         r.register(
             "store_writes_dropped",
@@ -514,6 +529,7 @@ impl Metrics {
             sessions,
             tunnels,
             store_up,
+            oidc_up,
             store_writes_dropped,
             token_cache_hits,
             token_cache_misses,
@@ -593,6 +609,13 @@ impl Metrics {
         self.tunnels
             .set(i64::try_from(v.tunnels).unwrap_or(i64::MAX));
         self.store_up.set(i64::from(v.store_up));
+        // Only the providers configured now (a removed one's series goes away).
+        self.oidc_up.clear();
+        for (id, up) in &v.oidc_up {
+            self.oidc_up
+                .get_or_create(&labels(&[("provider", id)]))
+                .set(i64::from(*up));
+        }
         self.store_writes_dropped.set(v.store_writes_dropped);
         self.token_cache_hits.set(v.token_cache.0);
         self.token_cache_misses.set(v.token_cache.1);

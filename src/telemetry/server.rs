@@ -32,6 +32,7 @@ pub fn scrape_values(shared: &Shared) -> super::metrics::ScrapeValues {
         sessions: live.sessions.len(),
         tunnels: shared.tunnels.len() as u64,
         store_up: live.sessions.is_available(),
+        oidc_up: rt.oidc.states(),
         store_writes_dropped: live.sessions.writes_dropped(),
         token_cache: live.token_cache.lookups(),
         log_dropped: [
