@@ -312,9 +312,10 @@ async fn upstream_handler(
     Ok(resp)
 }
 
-/// Minimal SHA-256 hex digest via aws-lc-rs (already a dependency of the crate).
+pub mod oidc;
 pub mod redis;
 
+/// Minimal SHA-256 hex digest via aws-lc-rs (already a dependency of the crate).
 pub mod sha2_lite {
     pub struct Sha256Hex(aws_lc_rs::digest::Context);
     impl Sha256Hex {
