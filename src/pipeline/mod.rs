@@ -645,6 +645,7 @@ pub fn build_upstream_phase<B>(
             &rt.config.auth.cookie_name,
             &rt.config.auth.csrf_cookie_name,
             &rt.config.auth.step_cookie_name,
+            &rt.config.auth.oidc_cookie_name,
         ],
     );
     if rt.bearer_enabled() {

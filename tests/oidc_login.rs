@@ -1,0 +1,547 @@
+//! Signing in through an external OpenID provider, end to end: a real gateway, a real upstream,
+//! and a real certified OpenID Provider (panva's `oidc-provider`, tests/oidc) signing users in
+//! through its login and consent pages; the browser is a cookie-keeping HTTP client.
+//!
+//! The gateway's public URL is `http://gateway.test`: the provider redirects the browser there,
+//! and the test sends those requests to the gateway's real address instead (what DNS would do).
+mod support;
+use support::oidc::*;
+use support::*;
+
+use std::sync::Arc;
+
+const PUBLIC: &str = "http://gateway.test";
+const SECRET: &str = "corp-client-secret-0123456789";
+
+/// A browser at the gateway: its own cookie jar, no automatic redirects.
+struct Browser {
+    http: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+    base: String,
+}
+
+impl Browser {
+    fn new(gw: &TestGateway) -> Browser {
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let http = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap();
+        Browser {
+            http,
+            jar,
+            base: gw.url(""),
+        }
+    }
+
+    /// A URL of the public origin (or a path) as the gateway's real address.
+    fn local(&self, url: &str) -> String {
+        match url.strip_prefix(PUBLIC) {
+            Some(rest) => format!("{}{rest}", self.base),
+            None if url.starts_with('/') => format!("{}{url}", self.base),
+            None => url.to_string(),
+        }
+    }
+
+    async fn get(&self, url: &str) -> reqwest::Response {
+        self.http
+            .get(self.local(url))
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The cookies this browser sends to the gateway (`a=1; b=2`).
+    fn cookies(&self) -> String {
+        use reqwest::cookie::CookieStore;
+        self.jar
+            .cookies(&self.base.parse().unwrap())
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    /// `/.auth/oidc/<id>/start?rd=…`: must send the browser to the provider; returns where.
+    async fn start(&self, id: &str, rd: &str) -> String {
+        let r = self
+            .get(&format!("/.auth/oidc/{id}/start?rd={}", urlenc(rd)))
+            .await;
+        assert_eq!(
+            r.status(),
+            302,
+            "start at {id}: {}",
+            r.text().await.unwrap()
+        );
+        location(&r)
+    }
+
+    /// The whole sign-in: start, the provider's pages as `login`, the callback; returns the
+    /// callback's response.
+    async fn sign_in(&self, id: &str, rd: &str, login: &str) -> reqwest::Response {
+        let authorize = self.start(id, rd).await;
+        let back = sign_in_at_provider(&self.http, &authorize, login).await;
+        assert!(
+            back.starts_with(PUBLIC),
+            "provider sent the browser to {back}"
+        );
+        self.get(&back).await
+    }
+
+    /// `GET /.auth/me` as JSON: (status, body).
+    async fn me(&self) -> (u16, serde_json::Value) {
+        let r = self.http.get(self.local("/.auth/me")).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location in a {}", r.status()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn callback(id: &str) -> String {
+    format!("{PUBLIC}/.auth/oidc/{id}/callback")
+}
+
+/// The provider's client for the gateway's provider entry `id`.
+fn client_for(id: &str) -> TestClient {
+    TestClient::confidential(id, SECRET, &callback(id))
+        .with_post_logout_redirect_uri(&format!("{PUBLIC}/.auth/login"))
+}
+
+/// Secret files live outside the gateway's directory, like /run/secrets.
+struct Secrets(tempfile::TempDir);
+
+impl Secrets {
+    fn new() -> Secrets {
+        Secrets(tempfile::tempdir().unwrap())
+    }
+
+    fn file(&self, secret: &str) -> String {
+        let p = self.0.path().join(format!("secret-{}", random_token()));
+        std::fs::write(&p, format!("{secret}\n")).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+}
+
+/// One `[[auth.oidc]]` entry with the client `id` (same as its id), `extra` lines added.
+fn provider_toml(secrets: &Secrets, id: &str, issuer: &str, extra: &str) -> String {
+    format!(
+        "[[auth.oidc]]\nid = \"{id}\"\ndisplay_name = \"{id} SSO\"\nissuer = \"{issuer}\"\n\
+         client_id = \"{id}\"\nclient_secret_file = \"{}\"\ngroups_prefix = \"{id}:\"\n{extra}\n",
+        secrets.file(SECRET)
+    )
+}
+
+/// A gateway: `auth` (an `[auth]` section, or ""), `providers` (entries), `users` (`[[users]]`
+/// blocks), a route of everything to `upstream` with `/admin/**` for the `corp:admins` group.
+async fn gateway(auth: &str, providers: &str, users: &str, upstream: &Upstream) -> TestGateway {
+    TestGateway::start(&format!(
+        "{auth}\n{providers}\n{users}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"{}\"\n\n\
+         [[routes.rules]]\npaths = [\"/admin/**\"]\nallow_groups = [\"corp:admins\"]\n",
+        upstream.url()
+    ))
+    .await
+}
+
+/// The callback's answer is the redirect to where the user was going, with the credential.
+async fn assert_signed_in(b: &Browser, r: reqwest::Response, rd: &str) {
+    let status = r.status();
+    let loc = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(
+        status,
+        303,
+        "callback: {loc:?} {}",
+        r.text().await.unwrap_or_default()
+    );
+    assert_eq!(loc.as_deref().map(|l| b.local(l)), Some(b.local(rd)));
+}
+
+#[tokio::test]
+async fn sign_in_at_a_certified_provider_in_session_mode() {
+    init();
+    let idp = OidcProvider::start(&[client_for("corp")], false).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let gw = gateway(
+        "",
+        &provider_toml(&secrets, "corp", &idp.issuer, "logout_at_provider = true"),
+        &user_toml("dave", &["staff"]),
+        &up,
+    )
+    .await;
+    let b = Browser::new(&gw);
+
+    // Not signed in: the app redirects to the login page, which offers the provider and the
+    // password form.
+    let r = b.get("/app").await;
+    assert_eq!(r.status(), 302);
+    let page = b.get("/.auth/login?rd=/app%3Fa%3D1%26b%3D2").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    // The link carries the destination, encoded (its `&` cannot add a parameter).
+    assert!(
+        html.contains("href=\"/.auth/oidc/corp/start?rd=/app%3Fa%3D1%26b%3D2\""),
+        "no provider button: {html}"
+    );
+    assert!(html.contains("corp SSO"), "{html}");
+    assert!(html.contains("name=\"password\""), "{html}");
+    assert_eq!(up.count(), 0);
+
+    let r = b.sign_in("corp", "/app", "alice").await;
+    assert_signed_in(&b, r, "/app").await;
+
+    // The app sees the provider's user with its groups (from userinfo: the ID token of this
+    // provider carries only sub), prefixed; never a token.
+    let r = b.get("/app").await;
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.one("x-forwarded-email").as_deref(),
+        Some("alice@example.com")
+    );
+    assert_eq!(
+        seen.one("x-forwarded-groups").as_deref(),
+        Some("corp:staff,corp:admins")
+    );
+    assert!(seen.one("authorization").is_none());
+    let cookie_header = seen.one("cookie").unwrap_or_default();
+    assert!(
+        !cookie_header.contains("authgate"),
+        "gateway cookies reached the app: {cookie_header}"
+    );
+
+    // The route rule for admins admits her.
+    assert_eq!(b.get("/admin/panel").await.status(), 200);
+
+    let (status, me) = b.me().await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["method"], "oidc");
+    assert_eq!(me["provider"], "corp");
+    assert_eq!(me["amr"], serde_json::json!(["ext"]));
+    assert_eq!(me["name"], "Alice Example");
+
+    // Bob is staff but not admin.
+    let b2 = Browser::new(&gw);
+    let r = b2.sign_in("corp", "/", "bob").await;
+    assert_signed_in(&b2, r, "/").await;
+    assert_eq!(b2.get("/app").await.status(), 200);
+    assert_eq!(b2.get("/admin/panel").await.status(), 403);
+
+    // Logout continues at the provider's end_session_endpoint, then the session is gone.
+    let r = b
+        .http
+        .post(b.local("/.auth/logout"))
+        .header("accept", "text/html")
+        .header("origin", PUBLIC)
+        .form(&[("confirm", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let to = location(&r);
+    assert!(
+        to.starts_with(&idp.issuer) && to.contains("post_logout_redirect_uri="),
+        "logout went to {to}"
+    );
+    assert_eq!(b.me().await.0, 401);
+    assert_eq!(b.get("/app").await.status(), 302);
+    // Bob is still signed in.
+    assert_eq!(b2.get("/app").await.status(), 200);
+
+    // A local user still signs in with the password.
+    login_json(&gw, "dave", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn sign_in_at_a_certified_provider_in_jwt_mode() {
+    init();
+    // This time the provider puts the claims into the ID token itself.
+    let idp = OidcProvider::start(&[client_for("corp")], true).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let keydir = tempfile::tempdir().unwrap();
+    let gw = gateway(
+        &jwt_section(keydir.path()),
+        &provider_toml(&secrets, "corp", &idp.issuer, ""),
+        &user_toml("dave", &["staff"]),
+        &up,
+    )
+    .await;
+    let b = Browser::new(&gw);
+    let r = b.sign_in("corp", "/admin/x?y=1", "alice").await;
+    assert_signed_in(&b, r, "/admin/x?y=1").await;
+    assert!(
+        b.cookies().contains("eyJ"),
+        "no JWT cookie: {}",
+        b.cookies()
+    );
+    assert_eq!(b.get("/admin/x?y=1").await.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.one("x-forwarded-groups").as_deref(),
+        Some("corp:staff,corp:admins")
+    );
+    let (status, me) = b.me().await;
+    assert_eq!(status, 200);
+    assert_eq!(me["mode"], "jwt");
+    assert_eq!(me["provider"], "corp");
+    assert_eq!(me["method"], "oidc");
+
+    // Logout revokes the token (the provider is not visited: logout_at_provider is off).
+    let r = b
+        .http
+        .post(b.local("/.auth/logout"))
+        .header("accept", "application/json")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["was_logged_in"], true);
+    assert!(v["end_session_url"].is_null(), "{v}");
+    assert_eq!(b.me().await.0, 401);
+}
+
+#[tokio::test]
+async fn two_providers_sso_only_parallel_tabs_and_replays() {
+    init();
+    let corp = OidcProvider::start(&[client_for("corp")], false).await;
+    let partner = OidcProvider::start(&[client_for("partner")], true).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let providers = format!(
+        "{}{}",
+        provider_toml(&secrets, "corp", &corp.issuer, ""),
+        provider_toml(&secrets, "partner", &partner.issuer, "")
+    );
+    let gw = gateway("[auth]\npassword_login = false\n", &providers, "", &up).await;
+    let b = Browser::new(&gw);
+
+    // SSO only: two buttons, no password form, the password endpoint is gone.
+    let html = b.get("/.auth/login").await.text().await.unwrap();
+    assert!(html.contains("/.auth/oidc/corp/start"), "{html}");
+    assert!(html.contains("/.auth/oidc/partner/start"), "{html}");
+    assert!(!html.contains("name=\"password\""), "{html}");
+    let r = client()
+        .post(gw.url("/.auth/login"))
+        .json(&serde_json::json!({"username": "x", "password": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Two tabs start a sign-in each (one per provider); they finish in reverse order.
+    let tab1 = b.start("corp", "/one").await;
+    let tab2 = b.start("partner", "/two").await;
+    let back2 = sign_in_at_provider(&b.http, &tab2, "bob").await;
+    let back1 = sign_in_at_provider(&b.http, &tab1, "alice").await;
+    let r2 = b.get(&back2).await;
+    assert_signed_in(&b, r2, "/two").await;
+    assert_eq!(b.me().await.1["provider"], "partner");
+    assert_eq!(b.me().await.1["user"], "bob");
+    let r1 = b.get(&back1).await;
+    assert_signed_in(&b, r1, "/one").await;
+    let me = b.me().await.1;
+    assert_eq!(me["provider"], "corp");
+    assert_eq!(me["user"], "alice");
+
+    // A replayed callback is refused (the state was spent), and changes nothing.
+    let r = b.get(&back1).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("Sign-in failed"));
+    assert_eq!(b.me().await.1["user"], "alice");
+
+    // A made-up state, or none.
+    let r = b
+        .get(&format!(
+            "{}?code=x&state=madeup&iss={}",
+            callback("corp"),
+            urlenc(&corp.issuer)
+        ))
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(b.get(&callback("corp")).await.status(), 400);
+    // An unknown provider id.
+    assert_eq!(b.get("/.auth/oidc/nobody/start").await.status(), 404);
+    assert_eq!(b.get("/.auth/oidc/nobody/callback").await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_provider_answer_is_bound_to_the_browser_and_the_provider() {
+    init();
+    let corp = OidcProvider::start(&[client_for("corp")], false).await;
+    let partner = OidcProvider::start(&[client_for("partner")], false).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let providers = format!(
+        "{}{}",
+        provider_toml(&secrets, "corp", &corp.issuer, ""),
+        provider_toml(&secrets, "partner", &partner.issuer, "")
+    );
+    let gw = gateway("", &providers, "", &up).await;
+
+    // Login CSRF: the attacker signs in as bob and makes the victim's browser open the callback.
+    let attacker = Browser::new(&gw);
+    let victim = Browser::new(&gw);
+    assert_eq!(victim.get("/.auth/login").await.status(), 200); // it has its own binding cookie
+    let authorize = attacker.start("corp", "/").await;
+    let back = sign_in_at_provider(&attacker.http, &authorize, "bob").await;
+    let r = victim.get(&back).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(victim.me().await.0, 401);
+    // The state was spent by that attempt: the attacker cannot use it afterwards either.
+    assert_eq!(attacker.get(&back).await.status(), 400);
+    assert_eq!(attacker.me().await.0, 401);
+    // A browser with no binding cookie at all.
+    let authorize = attacker.start("corp", "/").await;
+    let back = sign_in_at_provider(&attacker.http, &authorize, "bob").await;
+    let bare = Browser::new(&gw);
+    assert_eq!(bare.get(&back).await.status(), 400);
+
+    // Mix-up: corp's answer delivered to partner's callback.
+    let authorize = attacker.start("corp", "/").await;
+    let back = sign_in_at_provider(&attacker.http, &authorize, "bob").await;
+    let wrong = back.replace("/.auth/oidc/corp/callback", "/.auth/oidc/partner/callback");
+    let r = attacker.get(&wrong).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(attacker.me().await.0, 401);
+
+    // The user cancels at the provider: a clear refusal, no credential.
+    let authorize = attacker.start("corp", "/").await;
+    let back = cancel_at_provider(&authorize).await;
+    assert!(back.contains("error=access_denied"), "{back}");
+    let r = attacker.get(&back).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(attacker.me().await.0, 401);
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn admission_rules_and_linked_users() {
+    init();
+    let idp = OidcProvider::start(&[client_for("corp")], false).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    // Only staff with an example.com address, and only people with a local entry.
+    let gw = gateway(
+        "",
+        &provider_toml(
+            &secrets,
+            "corp",
+            &idp.issuer,
+            "allowed_groups = [\"staff\"]\nallowed_email_domains = [\"example.com\"]\nusers = \"link\"\n",
+        ),
+        &format!(
+            "[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\ngroups = [\"local-team\"]\n",
+            password_hash()
+        ),
+        &up,
+    )
+    .await;
+
+    // Alice is linked: she becomes the local alice, with the local groups.
+    let b = Browser::new(&gw);
+    let r = b.sign_in("corp", "/app", "alice").await;
+    assert_signed_in(&b, r, "/app").await;
+    assert_eq!(b.get("/app").await.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        seen.one("x-forwarded-groups").as_deref(),
+        Some("local-team")
+    );
+    assert_eq!(b.me().await.1["provider"], "corp");
+
+    // Bob passes the admission rules but has no local entry.
+    let b = Browser::new(&gw);
+    let r = b.sign_in("corp", "/app", "bob").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(b.me().await.0, 401);
+
+    // Carol: not staff, an unverified example.org address.
+    let b = Browser::new(&gw);
+    let r = b.sign_in("corp", "/app", "carol").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(b.me().await.0, 401);
+}
+
+#[tokio::test]
+async fn a_trusted_provider_cannot_take_over_a_local_user_and_unverified_email_is_refused() {
+    init();
+    let idp = OidcProvider::start(&[client_for("corp")], false).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let gw = gateway(
+        "",
+        &provider_toml(&secrets, "corp", &idp.issuer, ""),
+        &user_toml("alice", &["local-admins"]),
+        &up,
+    )
+    .await;
+    // The provider's alice is not the local alice.
+    let b = Browser::new(&gw);
+    let r = b.sign_in("corp", "/", "alice").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(b.me().await.0, 401);
+    // Carol's email is not verified at the provider.
+    let r = b.sign_in("corp", "/", "carol").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(b.me().await.0, 401);
+    // Bob is fine.
+    let r = b.sign_in("corp", "/", "bob").await;
+    assert_signed_in(&b, r, "/").await;
+    assert_eq!(b.me().await.1["user"], "bob");
+}
+
+#[tokio::test]
+async fn a_provider_down_at_start_up_does_not_stop_the_gateway() {
+    init();
+    // A port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let gw = gateway(
+        "",
+        &provider_toml(&secrets, "corp", &format!("http://{dead}"), ""),
+        &user_toml("dave", &["staff"]),
+        &up,
+    )
+    .await;
+    // Password logins work; the button answers with a page saying to retry, not a redirect.
+    let cookie = login_json(&gw, "dave", PASSWORD).await;
+    let r = client()
+        .get(gw.url("/app"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b = Browser::new(&gw);
+    let r = b.get("/.auth/oidc/corp/start?rd=/").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(r.headers().get("location").is_none());
+    assert_eq!(b.get("/.auth/ready").await.status(), 200);
+}
