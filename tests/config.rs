@@ -440,12 +440,22 @@ fn oidc_provider_config_errors_name_the_key() {
     assert_eq!(o.scopes, ["openid", "profile", "email", "groups"]);
     assert_eq!(o.user_claim, "preferred_username");
     assert!(o.client_secret.is_none());
-    assert!(o.redirect_uri.ends_with("/.auth/oidc/corp/callback"), "{}", o.redirect_uri);
+    assert!(
+        o.redirect_uri.ends_with("/.auth/oidc/corp/callback"),
+        "{}",
+        o.redirect_uri
+    );
     assert!(cfg.auth.password_login);
 
-    let e = error_for(&p("id = \"Corp/x\"\nissuer = \"https://a.example\"\nclient_id = \"c\""), "auth.oidc[0].id");
+    let e = error_for(
+        &p("id = \"Corp/x\"\nissuer = \"https://a.example\"\nclient_id = \"c\""),
+        "auth.oidc[0].id",
+    );
     assert!(e.message.contains("path segment"), "{}", e.message);
-    let e = error_for(&p("id = \"c\"\nissuer = \"http://sso.example.com\"\nclient_id = \"c\""), "auth.oidc[0].issuer");
+    let e = error_for(
+        &p("id = \"c\"\nissuer = \"http://sso.example.com\"\nclient_id = \"c\""),
+        "auth.oidc[0].issuer",
+    );
     assert!(e.message.contains("https"), "{}", e.message);
     // Plain http is fine on loopback (a provider beside the gateway, and the tests).
     authgate::Config::from_toml_str(
@@ -453,16 +463,44 @@ fn oidc_provider_config_errors_name_the_key() {
         Path::new(FILE),
     )
     .unwrap();
-    error_for(&p(&format!("{base}scopes = [\"profile\"]")), "auth.oidc[0].scopes");
-    error_for(&p(&format!("{base}users = \"maybe\"")), "auth.oidc[0].users");
-    let e = error_for(&p(&format!("{base}id_token_algorithms = [\"none\"]")), "auth.oidc[0].id_token_algorithms[0]");
+    error_for(
+        &p(&format!("{base}scopes = [\"profile\"]")),
+        "auth.oidc[0].scopes",
+    );
+    error_for(
+        &p(&format!("{base}users = \"maybe\"")),
+        "auth.oidc[0].users",
+    );
+    let e = error_for(
+        &p(&format!("{base}id_token_algorithms = [\"none\"]")),
+        "auth.oidc[0].id_token_algorithms[0]",
+    );
     assert!(e.message.contains("none"), "{}", e.message);
     // HS256 verifies with the client secret: refused for a public client.
-    error_for(&p(&format!("{base}id_token_algorithms = [\"HS256\"]")), "auth.oidc[0].id_token_algorithms[0]");
-    error_for(&p(&format!("{base}client_secret_file = \"/nonexistent/secret\"")), "auth.oidc[0].client_secret_file");
-    error_for(&p(&format!("{base}client_secret_env = \"AUTHGATE_TEST_NO_SUCH_VAR\"")), "auth.oidc[0].client_secret_env");
-    error_for(&p(&format!("{base}allowed_groups = []")), "auth.oidc[0].allowed_groups");
-    error_for(&p(&format!("{base}unknown_key = 1")), "auth.oidc[0].unknown_key");
+    error_for(
+        &p(&format!("{base}id_token_algorithms = [\"HS256\"]")),
+        "auth.oidc[0].id_token_algorithms[0]",
+    );
+    error_for(
+        &p(&format!(
+            "{base}client_secret_file = \"/nonexistent/secret\""
+        )),
+        "auth.oidc[0].client_secret_file",
+    );
+    error_for(
+        &p(&format!(
+            "{base}client_secret_env = \"AUTHGATE_TEST_NO_SUCH_VAR\""
+        )),
+        "auth.oidc[0].client_secret_env",
+    );
+    error_for(
+        &p(&format!("{base}allowed_groups = []")),
+        "auth.oidc[0].allowed_groups",
+    );
+    error_for(
+        &p(&format!("{base}unknown_key = 1")),
+        "auth.oidc[0].unknown_key",
+    );
     // Two providers with one id.
     let two = format!("{}\n[[auth.oidc]]\n{base}", p(base));
     error_for(&two, "auth.oidc[1].id");
