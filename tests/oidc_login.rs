@@ -36,6 +36,15 @@ impl Browser {
         }
     }
 
+    /// The same browser (same cookies) talking to another gateway behind the same public URL.
+    fn at(&self, gw: &TestGateway) -> Browser {
+        Browser {
+            http: self.http.clone(),
+            jar: self.jar.clone(),
+            base: gw.url(""),
+        }
+    }
+
     /// A URL of the public origin (or a path) as the gateway's real address.
     fn local(&self, url: &str) -> String {
         match url.strip_prefix(PUBLIC) {
@@ -544,4 +553,45 @@ async fn a_provider_down_at_start_up_does_not_stop_the_gateway() {
     assert!(r.headers().get("retry-after").is_some());
     assert!(r.headers().get("location").is_none());
     assert_eq!(b.get("/.auth/ready").await.status(), 200);
+}
+
+#[tokio::test]
+async fn on_redis_a_sign_in_started_on_one_instance_finishes_on_another() {
+    init();
+    let redis = support::redis::RedisServer::start();
+    let idp = OidcProvider::start(&[client_for("corp")], false).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let provider = provider_toml(&secrets, "corp", &idp.issuer, "");
+    let store = support::redis::store_section(&redis);
+    let a = gateway(&store, &provider, "", &up).await;
+    let b = gateway(&store, &provider, "", &up).await;
+
+    // The load balancer sends the start to A and the provider's redirect back to B.
+    let at_a = Browser::new(&a);
+    let at_b = at_a.at(&b);
+    let authorize = at_a.start("corp", "/app").await;
+    let back = sign_in_at_provider(&at_a.http, &authorize, "alice").await;
+    let r = at_b.get(&back).await;
+    assert_signed_in(&at_b, r, "/app").await;
+    // The session works on both.
+    assert_eq!(at_a.get("/app").await.status(), 200);
+    assert_eq!(at_b.get("/app").await.status(), 200);
+    assert_eq!(up.last().one("x-forwarded-user").as_deref(), Some("alice"));
+    let (status, me) = at_a.me().await;
+    assert_eq!(status, 200);
+    assert_eq!(me["provider"], "corp");
+    // The callback cannot be replayed on A: the state was taken from Redis by B.
+    assert_eq!(at_a.get(&back).await.status(), 400);
+    // No state, verifier or cookie value is stored in the clear.
+    let keys = redis.command(&["KEYS", "*"]);
+    let cookies = at_a.cookies();
+    assert!(cookies.contains("authgate="), "{cookies}");
+    for pair in cookies.split("; ") {
+        let value = pair.split_once('=').map(|(_, v)| v).unwrap_or("");
+        assert!(
+            value.len() >= 20 && !keys.contains(value),
+            "a cookie value is a Redis key: {keys}"
+        );
+    }
 }
