@@ -508,3 +508,53 @@ fn oidc_provider_config_errors_name_the_key() {
     let text = VALID.replace("[server]", "[auth]\npassword_login = false\n\n[server]");
     error_for(&text, "auth.password_login");
 }
+
+#[test]
+fn pass_access_token_needs_a_session_a_provider_and_a_real_upstream() {
+    let provider =
+        "[[auth.oidc]]\nid = \"corp\"\nissuer = \"https://sso.example.com\"\nclient_id = \"c\"\n";
+    let route = |upstream: &str| {
+        format!("[[routes]]\npath_prefix = \"/api\"\nupstream = \"{upstream}\"\npass_access_token = true\n")
+    };
+    let ok = format!("{VALID}\n{provider}\n{}", route("http://127.0.0.1:3000"));
+    let cfg = authgate::Config::from_toml_str(&ok, Path::new(FILE)).unwrap();
+    assert!(cfg.routes.iter().any(|r| r.pass_access_token));
+    assert!(!cfg.routes.iter().all(|r| r.pass_access_token));
+
+    // No provider: no token to pass.
+    let e = error_for(
+        &format!("{VALID}\n{}", route("http://127.0.0.1:3000")),
+        "routes[1].pass_access_token",
+    );
+    assert!(e.message.contains("[[auth.oidc]]"), "{}", e.message);
+    // The whoami page would show the token to the browser.
+    let e = error_for(
+        &format!("{VALID}\n{provider}\n{}", route("builtin:whoami")),
+        "routes[1].pass_access_token",
+    );
+    assert!(e.message.contains("browser"), "{}", e.message);
+    // JWT mode: the cookie would have to carry it.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hs");
+    std::fs::write(
+        &secret,
+        [0x5au8; 48]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ i as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let jwt = format!(
+        "[auth]\nmode = \"jwt\"\n[auth.jwt]\nalgorithm = \"HS256\"\nsigning_key = {:?}\n",
+        secret.to_str().unwrap()
+    );
+    let e = error_for(
+        &format!(
+            "{VALID}\n{jwt}\n{provider}\n{}",
+            route("http://127.0.0.1:3000")
+        ),
+        "routes[1].pass_access_token",
+    );
+    assert!(e.message.contains("session"), "{}", e.message);
+}

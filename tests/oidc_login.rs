@@ -164,6 +164,11 @@ async fn gateway(auth: &str, providers: &str, users: &str, upstream: &Upstream) 
     .await
 }
 
+/// A gateway like [`gateway`] with its own `[[routes]]` text.
+async fn gateway_routes(auth: &str, providers: &str, users: &str, routes: &str) -> TestGateway {
+    TestGateway::start(&format!("{auth}\n{providers}\n{users}\n{routes}")).await
+}
+
 /// The callback's answer is the redirect to where the user was going, with the credential.
 async fn assert_signed_in(b: &Browser, r: reqwest::Response, rd: &str) {
     let status = r.status();
@@ -594,4 +599,102 @@ async fn on_redis_a_sign_in_started_on_one_instance_finishes_on_another() {
             "a cookie value is a Redis key: {keys}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_route_may_forward_the_providers_access_token_and_only_that_route() {
+    init();
+    let redis = support::redis::RedisServer::start();
+    let idp = OidcProvider::start(&[client_for("corp")], false).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let routes = format!(
+        "[[routes]]\npath_prefix = \"/api\"\nupstream = \"{u}\"\npass_access_token = true\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"{u}\"\n",
+        u = up.url()
+    );
+    let gw = gateway_routes(
+        &support::redis::store_section(&redis),
+        &provider_toml(&secrets, "corp", &idp.issuer, ""),
+        &user_toml("dave", &["staff"]),
+        &routes,
+    )
+    .await;
+    let b = Browser::new(&gw);
+    let r = b.sign_in("corp", "/api/x", "alice").await;
+    assert_signed_in(&b, r, "/api/x").await;
+
+    // The opted-in route gets the provider's token; a client's own value never passes.
+    let r = b
+        .http
+        .get(b.local("/api/x"))
+        .header("x-forwarded-access-token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let tokens = up.last().all("x-forwarded-access-token");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let token = tokens[0].clone();
+    assert_ne!(token, "forged");
+    // It is the provider's real access token: its userinfo endpoint accepts it.
+    let me = provider_browser()
+        .get(idp.url("/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(me["sub"], "alice");
+
+    // Another route gets none, not even the client's.
+    let r = b
+        .http
+        .get(b.local("/other"))
+        .header("x_forwarded_access_token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(up.last().all("x-forwarded-access-token").is_empty());
+    assert!(up.last().all("x_forwarded_access_token").is_empty());
+
+    // A password login has no provider token: the header is absent, a forged one stripped.
+    let cookie = login_json(&gw, "dave", PASSWORD).await;
+    let r = client()
+        .get(gw.url("/api/y"))
+        .header("cookie", &cookie)
+        .header("x-forwarded-access-token", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(up.last().all("x-forwarded-access-token").is_empty());
+
+    // Redis holds it sealed only: no key or value contains the token.
+    for k in redis.command(&["KEYS", "*"]).lines() {
+        let k = k.trim();
+        if k.is_empty() {
+            continue;
+        }
+        let v = redis.command(&["GET", k]);
+        assert!(
+            !v.contains(&token),
+            "{k} holds the access token in the clear"
+        );
+    }
+
+    // After logout nothing is forwarded (and the app sees no request at all).
+    let before = up.count();
+    let r = b
+        .http
+        .post(b.local("/.auth/logout"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(b.get("/api/x").await.status(), 302);
+    assert_eq!(up.count(), before);
 }

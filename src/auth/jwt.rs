@@ -253,6 +253,7 @@ fn external_login(
     Arc::new(crate::auth::external::ExternalLogin {
         provider: Arc::from(provider),
         identity,
+        access_token: None,
     })
 }
 

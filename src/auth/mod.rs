@@ -270,6 +270,7 @@ pub fn jwt_user(
         let linked = crate::auth::external::ExternalLogin {
             provider: ext.provider.clone(),
             identity: None,
+            access_token: None,
         };
         let trusted = crate::login::oidc::identity_of(rt, &vt.sub, version, ext);
         return Ok(

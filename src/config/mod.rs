@@ -516,6 +516,8 @@ pub struct RouteConfig {
     pub upgrades: Vec<String>,
     /// Whether TRACE/TRACK requests are forwarded (else 405).
     pub allow_trace: bool,
+    /// Send the provider's access token of an OIDC session as `X-Forwarded-Access-Token`.
+    pub pass_access_token: bool,
     /// Who may pass, compiled: the route's access and allow lists, its rules, preflight and
     /// unauthenticated handling.
     pub policy: crate::policy::Policy,
@@ -1038,6 +1040,20 @@ fn validate(raw: RawConfig, file: &Path) -> Result<Config, ConfigErrors> {
     }
     for (i, r) in raw.routes.iter().enumerate() {
         if let Some(route) = validate_route(i, r, file, &mut c) {
+            if route.pass_access_token {
+                let why = if auth.mode != AuthMode::Session {
+                    Some("needs auth.mode = \"session\": a JWT cookie cannot carry the provider's token without handing it to the browser")
+                } else if auth.oidc.is_empty() {
+                    Some("needs an [[auth.oidc]] provider (only its logins have an access token)")
+                } else if matches!(route.upstream, UpstreamTarget::Whoami) {
+                    Some("a built-in upstream would show the token to the browser")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    c.err(format!("routes[{i}].pass_access_token"), why);
+                }
+            }
             if !seen_routes.insert((route.host.clone(), route.path_prefix.clone())) {
                 c.err(
                     format!("routes[{i}]"),
@@ -1783,6 +1799,7 @@ fn validate_route(
         tls_ca,
         upgrades,
         allow_trace: r.allow_trace.unwrap_or(false),
+        pass_access_token: r.pass_access_token.unwrap_or(false),
         policy,
     })
 }

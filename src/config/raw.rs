@@ -218,6 +218,7 @@ pub struct RawRoute {
     pub unauthenticated: Option<String>,
     pub require: Option<String>,
     pub max_auth_age: Option<String>,
+    pub pass_access_token: Option<bool>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
 }

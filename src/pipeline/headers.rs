@@ -26,6 +26,9 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The provider's access token on `pass_access_token` routes.
+pub static X_FORWARDED_ACCESS_TOKEN: HeaderName =
+    HeaderName::from_static("x-forwarded-access-token");
 
 /// Forwarding headers replaced unless the peer is a trusted proxy (normalised names).
 pub const FORWARDING_HEADERS: &[&str] = &[
@@ -53,6 +56,8 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // The provider's access token (`pass_access_token`): only ever set by the gateway.
+    "x-forwarded-access-token",
 ];
 
 /// Whether a configured identity header name would collide with a header the gateway manages.

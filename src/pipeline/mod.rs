@@ -628,6 +628,25 @@ pub fn inject_identity(rt: &Runtime, h: &mut HeaderMap, a: &Authenticated) {
     }
 }
 
+/// The provider's access token of an OIDC session (`pass_access_token` routes): opened with the
+/// key of the session cookie the request came with; `None` for any other credential, or when
+/// the token has expired (the session lives on; the app sees no token).
+fn access_token_of(rt: &Runtime, h: &HeaderMap, a: &Authenticated) -> Option<HeaderValue> {
+    let crate::auth::Credential::Session(s) = &a.credential else {
+        return None;
+    };
+    let via = s.via.as_ref()?;
+    via.access_token.as_ref()?;
+    let headers::CookieLookup::One(v) = headers::find_cookie(h, &rt.config.auth.cookie_name) else {
+        return None;
+    };
+    let key = crate::store::session::decode_key(v)?;
+    let token = via.access_token_for(&key, crate::auth::session::unix_now())?;
+    let mut value = HeaderValue::from_str(&token).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// Phase 5: turns the client request into the upstream request: gateway cookies out, forwarding
 /// headers set from the connection, identity headers injected (after all stripping), URI and Host.
 pub fn build_upstream_phase<B>(
@@ -639,6 +658,12 @@ pub fn build_upstream_phase<B>(
 ) {
     // Room for what is added below (forwarding, request id, identity): one grow at most.
     req.headers_mut().reserve(8);
+    // Read before the session cookie is removed: the token is sealed with its key.
+    let access_token = if route.config.pass_access_token {
+        auth.and_then(|a| access_token_of(rt, req.headers(), a))
+    } else {
+        None
+    };
     remove_cookies(
         req.headers_mut(),
         &[
@@ -671,6 +696,10 @@ pub fn build_upstream_phase<B>(
     }
     if let Some(a) = auth {
         inject_identity(rt, req.headers_mut(), a);
+    }
+    if let Some(t) = access_token {
+        req.headers_mut()
+            .insert(headers::X_FORWARDED_ACCESS_TOKEN.clone(), t);
     }
     match &route.host_header {
         Some(upstream_host) => {

@@ -183,6 +183,7 @@ mod tests {
                 tls_ca: None,
                 upgrades: vec!["websocket".into()],
                 allow_trace: false,
+                pass_access_token: false,
                 policy: crate::policy::Policy {
                     public: true,
                     ..Default::default()

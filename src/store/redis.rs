@@ -486,6 +486,7 @@ impl SessionStore for Arc<RedisSessions> {
     ) -> BoxFuture<'_, Result<String, StoreError>> {
         Box::pin(async move {
             let key = random_key().map_err(StoreError::Internal)?;
+            let via = via.map(|v| v.sealed_for(&key));
             let d = digest(&key);
             let hash = hex(&d);
             let now_ms = unix_now_ms();

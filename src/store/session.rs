@@ -350,6 +350,7 @@ impl MemorySessionStore {
     ) -> Result<String, StoreError> {
         self.make_room();
         let key = random_key().map_err(StoreError::Internal)?;
+        let via = via.map(|v| v.sealed_for(&key));
         let now = self.now_ms();
         self.map.insert(
             key,

@@ -359,6 +359,9 @@ fn refused(reason: &'static str, detail: impl Into<String>) -> Outcome {
 struct TokenAnswer {
     id_token: Option<String>,
     access_token: Option<String>,
+    /// Seconds; some providers send it as a string.
+    #[serde(default)]
+    expires_in: Option<Value>,
 }
 
 async fn finish<B>(
@@ -512,7 +515,7 @@ async fn finish<B>(
             None,
         )
     })?;
-    let Some(id_token) = answer.id_token else {
+    let Some(id_token) = answer.id_token.as_deref() else {
         return Err(Outcome::Refused(
             provider_down("bad_token_answer"),
             "no id_token".into(),
@@ -520,9 +523,9 @@ async fn finish<B>(
         ));
     };
     let now = crate::auth::session::unix_now();
-    let claims = match p.verify_id_token(&keys, &id_token, &flow.n, now) {
+    let claims = match p.verify_id_token(&keys, id_token, &flow.n, now) {
         Err(IdTokenError::UnknownKey) => match p.refetch_keys().await {
-            Some(k) => p.verify_id_token(&k, &id_token, &flow.n, now),
+            Some(k) => p.verify_id_token(&k, id_token, &flow.n, now),
             None => Err(IdTokenError::UnknownKey),
         },
         r => r,
@@ -581,10 +584,45 @@ async fn finish<B>(
     }
 
     let (user, via) = identity(rt, p, &claims)?;
+    let via = keep_access_token(rt, p, via, &answer, now);
     let amr = amr_of(&claims);
     super::second::mint(shared, rt, &user, amr, Some(via), &Kind::Form, &flow.rd, o)
         .await
         .map_err(Outcome::Store)
+}
+
+/// The login with the provider's access token, when a route forwards it (`pass_access_token`);
+/// the session store seals it with the new session's key.
+fn keep_access_token(
+    rt: &Runtime,
+    p: &Provider,
+    via: Arc<ExternalLogin>,
+    answer: &TokenAnswer,
+    now: u64,
+) -> Arc<ExternalLogin> {
+    use crate::auth::external::{AccessToken, MAX_ACCESS_TOKEN};
+    let Some(token) = answer.access_token.as_deref().filter(|t| !t.is_empty()) else {
+        return via;
+    };
+    if !rt.config.routes.iter().any(|r| r.pass_access_token) {
+        return via;
+    }
+    // A value that cannot be a header value, or an oversized one, is not kept.
+    if token.len() > MAX_ACCESS_TOKEN || HeaderValue::from_str(token).is_err() {
+        tracing::warn!(provider = %p.cfg.id, len = token.len(), "the provider's access token is not forwardable (too long or not a header value); not kept");
+        return via;
+    }
+    let lifetime = match &answer.expires_in {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse().ok(),
+        _ => None,
+    };
+    let mut v = (*via).clone();
+    v.access_token = Some(AccessToken::Clear {
+        token: Arc::from(token),
+        expires: lifetime.map_or(0, |l| now.saturating_add(l)),
+    });
+    Arc::new(v)
 }
 
 /// A claim by name; a name with dots that no claim has is read as a path into nested objects
@@ -701,6 +739,7 @@ fn identity(
             let via = ExternalLogin {
                 provider: Arc::from(cfg.id.as_str()),
                 identity: None,
+                access_token: None,
             };
             Ok((Arc::clone(local), Arc::new(via)))
         }
@@ -733,6 +772,7 @@ fn identity(
             let via = ExternalLogin {
                 provider: Arc::from(cfg.id.as_str()),
                 identity: Some(Arc::clone(&user)),
+                access_token: None,
             };
             Ok((user, Arc::new(via)))
         }
