@@ -698,3 +698,170 @@ async fn a_route_may_forward_the_providers_access_token_and_only_that_route() {
     assert_eq!(b.get("/api/x").await.status(), 302);
     assert_eq!(up.count(), before);
 }
+
+/// A callback answer that refuses: the expected status, a generic page (no internal detail), no
+/// credential for the browser.
+async fn assert_refused(b: &Browser, r: reqwest::Response, status: u16, what: &str) {
+    assert_eq!(
+        r.status(),
+        status,
+        "{what}: {:?}",
+        r.headers().get("location")
+    );
+    let cookies: Vec<String> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cookies.iter().all(|c| c.starts_with("authgate_oidc=")),
+        "{what}: a refused callback set {cookies:?}"
+    );
+    let page = r.text().await.unwrap().to_ascii_lowercase();
+    for detail in [
+        "nonce",
+        "issuer",
+        "audience",
+        "signature",
+        "kid",
+        "expired",
+        "alg",
+        "token",
+    ] {
+        assert!(
+            !page.contains(detail),
+            "{what}: the page tells the browser {detail:?}: {page}"
+        );
+    }
+    assert_eq!(b.me().await.0, 401, "{what}: a credential was created");
+}
+
+#[tokio::test]
+async fn a_hostile_provider_is_refused_and_creates_no_credential() {
+    use support::hostile_idp::{Attack, HostileIdp, USER};
+    init();
+    let corp = HostileIdp::start("corp", SECRET).await;
+    let partner = HostileIdp::start("partner", SECRET).await;
+    // A provider whose discovery document names another issuer, from the start.
+    let liar = HostileIdp::start("liar", SECRET).await;
+    liar.set(Attack::DiscoveryIssuer(corp.issuer.clone()));
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let providers = format!(
+        "{}{}{}",
+        provider_toml(&secrets, "corp", &corp.issuer, ""),
+        provider_toml(&secrets, "partner", &partner.issuer, ""),
+        provider_toml(&secrets, "liar", &liar.issuer, ""),
+    );
+    let gw = gateway("", &providers, "", &up).await;
+
+    // Honest, the provider signs mallory in: the harness works, and every refusal below is the
+    // attack's doing.
+    let b = Browser::new(&gw);
+    let back = corp.authorize(&b.start("corp", "/app").await).await;
+    assert_signed_in(&b, b.get(&back).await, "/app").await;
+    let (_, me) = b.me().await;
+    assert_eq!(me["user"], USER);
+    assert_eq!(me["groups"], serde_json::json!(["corp:staff"]));
+    assert_eq!(b.get("/app").await.status(), 200);
+    assert_eq!(up.last().one("x-forwarded-user").as_deref(), Some(USER));
+    // The same answer again (a reused state) is refused.
+    let again = Browser::new(&gw);
+    assert_refused(&again, again.get(&back).await, 400, "replayed callback").await;
+
+    let cases: Vec<(Attack, u16)> = vec![
+        // Mix-ups: the other provider's issuer, in the token or in the response parameter.
+        (Attack::IdTokenIss(partner.issuer.clone()), 400),
+        (Attack::CallbackIss(partner.issuer.clone()), 400),
+        (Attack::NoCallbackIss, 400),
+        (Attack::ForeignState, 400),
+        (Attack::WrongAudience, 400),
+        (Attack::AzpOfAnotherClient, 400),
+        (Attack::SeveralAudiencesNoAzp, 400),
+        (Attack::WrongNonce, 400),
+        (Attack::NoNonce, 400),
+        (Attack::AlgNone, 400),
+        (Attack::Hs256WithPublicKey, 400),
+        // HS256 is not allowed unless configured: even keyed with the real secret.
+        (Attack::Hs256WithClientSecret, 400),
+        (Attack::BadSignature, 400),
+        (Attack::UnknownKid, 400),
+        (Attack::Expired, 400),
+        (Attack::IssuedInTheFuture, 400),
+        (Attack::NoSubject, 400),
+        (Attack::UserinfoOtherSubject, 400),
+        (Attack::UnverifiedEmail, 403),
+        (Attack::ErrorParameter, 403),
+        (Attack::TokenEndpointRefuses, 502),
+        (Attack::TokenAnswerNotJson, 502),
+        (Attack::NoIdToken, 502),
+        // Over the fetch limit: treated as a provider that cannot be used right now.
+        (Attack::HugeTokenAnswer, 503),
+    ];
+    for (attack, status) in cases {
+        corp.set(attack.clone());
+        let b = Browser::new(&gw);
+        let back = corp.authorize(&b.start("corp", "/").await).await;
+        assert_refused(&b, b.get(&back).await, status, &format!("{attack:?}")).await;
+    }
+    corp.set(Attack::None);
+
+    // Partner's answer delivered to corp's callback.
+    let b = Browser::new(&gw);
+    let back = partner.authorize(&b.start("partner", "/").await).await;
+    let wrong = back.replace("/.auth/oidc/partner/callback", "/.auth/oidc/corp/callback");
+    assert_refused(&b, b.get(&wrong).await, 400, "partner's answer at corp").await;
+
+    // The lying provider's button never sends anyone to it.
+    let b = Browser::new(&gw);
+    let r = b.get("/.auth/oidc/liar/start?rd=%2F").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("location").is_none());
+
+    // The gateway spoke correctly every time (client secret, single-use code, redirect_uri,
+    // PKCE): each refusal above was the gateway's, not the provider's.
+    assert!(corp.refusals().is_empty(), "{:?}", corp.refusals());
+    assert!(partner.refusals().is_empty(), "{:?}", partner.refusals());
+    assert_eq!(
+        up.count(),
+        1,
+        "only the honest sign-in reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn hs256_id_tokens_verify_with_the_client_secret_only_when_configured() {
+    use support::hostile_idp::{Attack, HostileIdp, USER};
+    init();
+    let corp = HostileIdp::start("corp", SECRET).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let gw = gateway(
+        "",
+        &provider_toml(
+            &secrets,
+            "corp",
+            &corp.issuer,
+            "id_token_algorithms = [\"ES256\", \"HS256\"]",
+        ),
+        "",
+        &up,
+    )
+    .await;
+    // Keyed with the published key set (key confusion): the signature does not verify.
+    corp.set(Attack::Hs256WithPublicKey);
+    let b = Browser::new(&gw);
+    let back = corp.authorize(&b.start("corp", "/").await).await;
+    assert_refused(&b, b.get(&back).await, 400, "HS256 keyed with the JWKS").await;
+    // `alg: none` stays refused whatever the list says.
+    corp.set(Attack::AlgNone);
+    let back = corp.authorize(&b.start("corp", "/").await).await;
+    assert_refused(&b, b.get(&back).await, 400, "alg none").await;
+    // Keyed with the client secret, as the configuration allows.
+    corp.set(Attack::Hs256WithClientSecret);
+    let back = corp.authorize(&b.start("corp", "/").await).await;
+    assert_signed_in(&b, b.get(&back).await, "/").await;
+    assert_eq!(b.me().await.1["user"], USER);
+    assert!(corp.refusals().is_empty(), "{:?}", corp.refusals());
+}

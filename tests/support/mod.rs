@@ -312,6 +312,7 @@ async fn upstream_handler(
     Ok(resp)
 }
 
+pub mod hostile_idp;
 pub mod oidc;
 pub mod redis;
 
