@@ -392,11 +392,32 @@ async fn repeated_requests_are_answered_from_l1_without_redis_round_trips() {
 fn check_config_names_the_key_of_each_store_mistake() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("g.toml");
+    std::fs::write(dir.path().join("not-pem.txt"), "not a certificate\n").unwrap();
     for (store, key) in [
         ("backend = \"redis\"", "store.url"),
         ("backend = \"redis\"\nurl = \"http://x:1\"", "store.url"),
         ("backend = \"redis\"\nurl = \"redis://u:pw@127.0.0.1:1/0\"", "store.url"),
-        ("backend = \"redis\"\nurl = \"rediss://127.0.0.1:1/0\"", "store.url"),
+        (
+            "backend = \"redis\"\nurl = \"rediss://127.0.0.1:1/0\"\nca_file = \"missing.pem\"",
+            "store.ca_file",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"rediss://127.0.0.1:1/0\"\nca_file = \"not-pem.txt\"",
+            "store.ca_file",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\nca_file = \"not-pem.txt\"",
+            "store.ca_file",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"rediss://127.0.0.1:1/0\"\nclient_cert_file = \"not-pem.txt\"",
+            "store.client_key_file",
+        ),
+        (
+            "backend = \"redis\"\nurl = \"rediss://127.0.0.1:1/0\"\nclient_cert_file = \"not-pem.txt\"\nclient_key_file = \"not-pem.txt\"",
+            "store.client_cert_file",
+        ),
+        ("ca_file = \"not-pem.txt\"", "store.ca_file"),
         ("backend = \"redis\"\nurl = \"redis://127.0.0.1:1/x\"", "store.url"),
         (
             "backend = \"redis\"\nurl = \"redis://127.0.0.1:1/0\"\npassword_file = \"missing\"",
@@ -852,6 +873,73 @@ async fn second_factor_state_is_shared_pending_steps_replays_and_wrong_codes_acr
     let keys = r.command(&["KEYS", "test:o:*"]);
     assert!(keys.contains("test:o:s:alice"), "{keys}");
     assert!(!keys.contains(&good), "no code in a key: {keys}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_to_redis_with_a_private_ca_and_a_client_certificate() {
+    init();
+    let r = RedisServer::start_tls(true);
+    let tls = r.tls.as_ref().unwrap();
+    let up = Upstream::start().await;
+    let other = tempfile::tempdir().unwrap();
+    let (stranger, stranger_key) = (other.path().join("ca.pem"), other.path().join("key.pem"));
+    authgate::server::tls::generate_dev_cert(&stranger, &stranger_key, &["127.0.0.1".into()])
+        .unwrap();
+    // The store section on the TLS port with `tls_keys`.
+    let on_tls = |tls_keys: &str| {
+        config(&up, &r, "").replace(
+            &format!("url = \"{}\"\n", r.url()),
+            &format!("url = \"{}\"\n{tls_keys}\n", r.tls_url()),
+        )
+    };
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let good = on_tls(&format!(
+        "ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}",
+        path(&tls.server_cert),
+        path(&tls.client_cert),
+        path(&tls.client_key)
+    ));
+    assert!(good.contains("rediss://"), "{good}");
+
+    // Two gateways over TLS share a session and its logout.
+    let (a, b) = two_gateways(&good).await;
+    let alice = login_json(&a, "alice", PASSWORD).await;
+    expect_ok(&b, &alice).await;
+    let bob = login_json(&b, "bob", PASSWORD).await;
+    logout(&a, &alice, false).await;
+    within(&b, &alice, 302, PROPAGATION_BOUND).await;
+    expect_ok(&a, &bob).await;
+    // It went through this server (read back on its plain port).
+    assert!(
+        r.command(&["DBSIZE"]).starts_with(":"),
+        "{}",
+        r.command(&["DBSIZE"])
+    );
+    assert_ne!(r.command(&["DBSIZE"]), ":0\r\n");
+
+    // Each of these cannot connect: never a logout, a 503 and not ready.
+    let no_client_cert = on_tls(&format!("ca_file = {:?}", path(&tls.server_cert)));
+    let wrong_ca = on_tls(&format!(
+        "ca_file = {:?}\nclient_cert_file = {:?}\nclient_key_file = {:?}",
+        path(&stranger),
+        path(&tls.client_cert),
+        path(&tls.client_key)
+    ));
+    let plain_to_tls_port =
+        config(&up, &r, "").replace(&r.url(), &r.tls_url().replace("rediss://", "redis://"));
+    for (what, cfg) in [
+        ("no client certificate", no_client_cert),
+        ("a CA that did not sign the server's certificate", wrong_ca),
+        ("plain text to the TLS port", plain_to_tls_port),
+    ] {
+        let gw = TestGateway::start(&cfg).await;
+        assert_eq!(ready(&gw).await, 503, "{what}");
+        assert_eq!(status(&gw, "/app/x", &bob).await, 503, "{what}");
+        gw.shutdown().await;
+    }
+    expect_ok(&b, &bob).await;
     a.shutdown().await;
     b.shutdown().await;
 }

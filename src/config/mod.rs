@@ -193,7 +193,7 @@ pub enum StoreConfig {
     /// In this process's memory (the default): lost on restart, not shared.
     Memory,
     /// A Redis server shared by every instance.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// `[store] backend = "redis"`.
@@ -207,6 +207,18 @@ pub struct RedisConfig {
     pub password: Option<Secret>,
     /// Prefix of every key the gateway writes.
     pub key_prefix: String,
+    /// With `rediss://`: what the TLS connection trusts and presents.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis (`rediss://`), read and checked at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM certificates to trust instead of the system's roots (`store.ca_file`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and key (PEM) for servers that ask for one
+    /// (`tls-auth-clients yes`, Redis's default).
+    pub client: Option<(Vec<u8>, Secret)>,
 }
 
 /// Default `store.key_prefix`.
@@ -1265,6 +1277,119 @@ fn validate_audit(raw: Option<&raw::RawAudit>, file: &Path, c: &mut Collector<'_
     }
 }
 
+/// The `[store]` TLS keys: only with `rediss://`; every file read and parsed now, so a bad one is
+/// a load error naming the key and the file, not a connection that never comes up.
+fn redis_tls(
+    r: &raw::RawStore,
+    url: Option<&url::Url>,
+    file: &Path,
+    c: &mut Collector<'_>,
+) -> Option<RedisTls> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = url.is_some_and(|u| u.scheme() == "rediss");
+    let keys = [
+        ("ca_file", &r.ca_file),
+        ("client_cert_file", &r.client_cert_file),
+        ("client_key_file", &r.client_key_file),
+    ];
+    if !tls {
+        for (k, v) in keys {
+            if v.is_some() && url.is_some() {
+                c.err(format!("store.{k}"), "only used with a rediss:// url (TLS)");
+            }
+        }
+        return None;
+    }
+    let mut read = |key: &str, f: &str| -> Option<Vec<u8>> {
+        let p = resolve_path(file, f);
+        match std::fs::read(&p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                c.err(
+                    format!("store.{key}"),
+                    format!("cannot read {}: {e}", p.display()),
+                );
+                None
+            }
+        }
+    };
+    let certs_ok = |pem: &[u8]| {
+        CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok_and(|v| !v.is_empty())
+    };
+    let ca_pem = r.ca_file.as_deref().and_then(|f| read("ca_file", f));
+    let cert = r
+        .client_cert_file
+        .as_deref()
+        .and_then(|f| read("client_cert_file", f));
+    let key = r
+        .client_key_file
+        .as_deref()
+        .and_then(|f| read("client_key_file", f));
+    if let (Some(f), Some(pem)) = (&r.ca_file, &ca_pem) {
+        if !certs_ok(pem) {
+            c.err(
+                "store.ca_file",
+                format!(
+                    "{}: no PEM certificate in it",
+                    resolve_path(file, f).display()
+                ),
+            );
+        }
+    }
+    if let (Some(f), Some(pem)) = (&r.client_cert_file, &cert) {
+        if !certs_ok(pem) {
+            c.err(
+                "store.client_cert_file",
+                format!(
+                    "{}: no PEM certificate in it",
+                    resolve_path(file, f).display()
+                ),
+            );
+        }
+    }
+    if let (Some(f), Some(pem)) = (&r.client_key_file, &key) {
+        if PrivateKeyDer::from_pem_slice(pem).is_err() {
+            c.err(
+                "store.client_key_file",
+                format!(
+                    "{}: no PEM private key in it",
+                    resolve_path(file, f).display()
+                ),
+            );
+        }
+    }
+    let client = match (r.client_cert_file.is_some(), r.client_key_file.is_some()) {
+        (true, false) => {
+            c.err(
+                "store.client_key_file",
+                "missing: client_cert_file needs its key",
+            );
+            None
+        }
+        (false, true) => {
+            c.err(
+                "store.client_cert_file",
+                "missing: client_key_file needs its certificate",
+            );
+            None
+        }
+        _ => match (cert, key) {
+            (Some(cert), Some(key)) => match String::from_utf8(key) {
+                Ok(k) => Some((cert, Secret(k))),
+                Err(_) => {
+                    c.err("store.client_key_file", "not a PEM file");
+                    None
+                }
+            },
+            _ => None,
+        },
+    };
+    Some(RedisTls { ca_pem, client })
+}
+
 fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_>) -> StoreConfig {
     let Some(r) = raw else {
         return StoreConfig::Memory;
@@ -1277,6 +1402,9 @@ fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_
                 ("password_file", r.password_file.is_some()),
                 ("password_env", r.password_env.is_some()),
                 ("key_prefix", r.key_prefix.is_some()),
+                ("ca_file", r.ca_file.is_some()),
+                ("client_cert_file", r.client_cert_file.is_some()),
+                ("client_key_file", r.client_key_file.is_some()),
             ] {
                 if v {
                     c.err(format!("store.{k}"), "only used with backend = \"redis\"");
@@ -1299,15 +1427,11 @@ fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_
             None
         }
         Some(u) => match url::Url::parse(u) {
-            Ok(parsed) if parsed.scheme() == "rediss" => {
+            Ok(parsed) if parsed.scheme() != "redis" && parsed.scheme() != "rediss" => {
                 c.err(
                     "store.url",
-                    "rediss:// (TLS to Redis) is not supported by this build yet; use redis:// on a private network or a TLS tunnel",
+                    format!("{u:?}: the scheme must be redis:// or rediss:// (TLS)"),
                 );
-                None
-            }
-            Ok(parsed) if parsed.scheme() != "redis" => {
-                c.err("store.url", format!("{u:?}: the scheme must be redis://"));
                 None
             }
             Ok(parsed) if parsed.host_str().is_none_or(str::is_empty) => {
@@ -1402,13 +1526,15 @@ fn validate_store(raw: Option<&raw::RawStore>, file: &Path, c: &mut Collector<'_
             c.err("store.username", "must be a non-empty name without spaces");
         }
     }
+    let tls = redis_tls(r, url.as_ref(), file, c);
     match url {
-        Some(url) => StoreConfig::Redis(RedisConfig {
+        Some(url) => StoreConfig::Redis(Box::new(RedisConfig {
             url,
             username: r.username.clone(),
             password,
             key_prefix,
-        }),
+            tls,
+        })),
         None => StoreConfig::Memory,
     }
 }

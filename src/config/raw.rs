@@ -51,6 +51,9 @@ pub struct RawStore {
     pub password_file: Option<String>,
     pub password_env: Option<String>,
     pub key_prefix: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
 }
 
 /// `[server]`

@@ -1119,7 +1119,22 @@ fn client(cfg: &RedisConfig) -> Result<redis::Client, String> {
             .map_err(|_| "store.password cannot be used".to_string())?;
     }
     url.set_query(Some("protocol=resp3"));
-    redis::Client::open(url.as_str()).map_err(|e| format!("store.url: {e}"))
+    match &cfg.tls {
+        // rediss://: the trust anchors (ca_file, else the system's) and the client certificate
+        // are given once here; every connection (commands, tracking, reconnects) uses them.
+        Some(t) => redis::Client::build_with_tls(
+            url.as_str(),
+            redis::TlsCertificates {
+                client_tls: t.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.expose().as_bytes().to_vec(),
+                }),
+                root_cert: t.ca_pem.clone(),
+            },
+        ),
+        None => redis::Client::open(url.as_str()),
+    }
+    .map_err(|e| format!("store.url: {e}"))
 }
 
 /// Opens the Redis stores and starts their background tasks (connection, invalidations,

@@ -11,6 +11,18 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     persistent: bool,
+    /// With [`RedisServer::start_tls`]: the TLS port and the certificates.
+    pub tls: Option<RedisTls>,
+}
+
+/// The TLS side of a test server: its port, the server certificate (self-signed for 127.0.0.1,
+/// the CA a gateway trusts), and a client certificate the server accepts.
+pub struct RedisTls {
+    pub port: u16,
+    pub server_cert: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
+    _certs: tempfile::TempDir,
 }
 
 fn free_port() -> u16 {
@@ -31,6 +43,52 @@ impl RedisServer {
     /// Without persistence, with extra server arguments (e.g. `--requirepass x`).
     pub fn start_with(args: &[&str]) -> RedisServer {
         Self::launch(free_port(), tempfile::tempdir().unwrap(), false, args)
+    }
+
+    /// Without persistence, with TLS on a second port (the plain one stays, for
+    /// [`RedisServer::command`]); with `client_certs` the TLS port asks for a client
+    /// certificate (`tls-auth-clients yes`, Redis's default).
+    pub fn start_tls(client_certs: bool) -> RedisServer {
+        let certs = tempfile::tempdir().unwrap();
+        let file = |n: &str| certs.path().join(n);
+        let gen = |cert: &str, key: &str, name: &str| {
+            authgate::server::tls::generate_dev_cert(&file(cert), &file(key), &[name.to_string()])
+                .unwrap()
+        };
+        gen("server.pem", "server-key.pem", "127.0.0.1");
+        gen("client.pem", "client-key.pem", "authgate-client");
+        // The server trusts the client's self-signed certificate as its CA.
+        let port = free_port();
+        let args = [
+            "--tls-port".to_string(),
+            port.to_string(),
+            "--tls-cert-file".to_string(),
+            file("server.pem").to_str().unwrap().to_string(),
+            "--tls-key-file".to_string(),
+            file("server-key.pem").to_str().unwrap().to_string(),
+            "--tls-ca-cert-file".to_string(),
+            file("client.pem").to_str().unwrap().to_string(),
+            "--tls-auth-clients".to_string(),
+            if client_certs { "yes" } else { "no" }.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut r = Self::launch(free_port(), tempfile::tempdir().unwrap(), false, &args);
+        r.tls = Some(RedisTls {
+            port,
+            server_cert: file("server.pem"),
+            client_cert: file("client.pem"),
+            client_key: file("client-key.pem"),
+            _certs: certs,
+        });
+        r
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/0` (after [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/0",
+            self.tls.as_ref().expect("TLS").port
+        )
     }
 
     /// With an append-only file fsynced on every write, so a `kill -9` loses nothing.
@@ -78,6 +136,7 @@ impl RedisServer {
             port,
             dir,
             persistent,
+            tls: None,
         }
     }
 
