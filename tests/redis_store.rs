@@ -943,3 +943,127 @@ async fn tls_to_redis_with_a_private_ca_and_a_client_certificate() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// The values of a RESP array reply (`*2\r\n$3\r\nabc\r\n…`).
+fn resp_values(reply: &str) -> Vec<String> {
+    reply
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_users_session_index_drops_sessions_that_expired() {
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let gw = TestGateway::start(&config(&up, &r, "")).await;
+    until_ready(&gw).await;
+    let mut cookies = Vec::new();
+    for _ in 0..5 {
+        cookies.push(login_json(&gw, "alice", PASSWORD).await);
+    }
+    let members = resp_values(&r.command(&["SMEMBERS", "test:u:alice"]));
+    assert_eq!(members.len(), 5, "{members:?}");
+    // Four of them reach their end in Redis (what max_lifetime's TTL does), nobody logs out.
+    for h in &members[..4] {
+        assert_eq!(
+            r.command(&["PEXPIRE", &format!("test:s:{h}"), "1"]),
+            ":1\r\n"
+        );
+    }
+    let start = Instant::now();
+    while r.command(&["EXISTS", &format!("test:s:{}", members[0])]) != ":0\r\n" {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The next login clears them from the index; the live one and the new one stay.
+    let newest = login_json(&gw, "alice", PASSWORD).await;
+    let after = resp_values(&r.command(&["SMEMBERS", "test:u:alice"]));
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.contains(&members[4]), "{after:?}");
+    expect_ok(&gw, &newest).await;
+    // Sign-out-everywhere still reaches both.
+    logout(&gw, &newest, true).await;
+    within(&gw, &cookies[4], 302, PROPAGATION_BOUND).await;
+    assert_eq!(r.command(&["SCARD", "test:u:alice"]), ":0\r\n");
+    gw.shutdown().await;
+}
+
+/// The real binary on `r` until its store is ready; then stopped: the log lines it wrote.
+async fn start_up_log(up: &Upstream, r: &RedisServer) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\npublic_url = \"http://gateway.test\"\n\n{}",
+            config(up, r, "")
+        ),
+    )
+    .unwrap();
+    let (child, addr, mut stderr) = spawn_binary(&path);
+    let start = Instant::now();
+    // Ready means the tracking connection is up, which comes after the settings were read.
+    loop {
+        let s = client()
+            .get(format!("http://{addr}/.auth/ready"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if s.ok() == Some(200) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(child);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn start_up_warns_about_a_redis_that_persists_nothing_or_evicts() {
+    init();
+    let up = Upstream::start().await;
+    let has = |log: &[serde_json::Value], text: &str| {
+        log.iter().any(|l| {
+            l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+    };
+    // No save points, no append-only file, evicting when full: both warnings.
+    let lossy = RedisServer::start_with(&["--maxmemory-policy", "allkeys-lru"]);
+    let log = start_up_log(&up, &lossy).await;
+    assert!(has(&log, "persists nothing"), "{log:?}");
+    assert!(has(&log, "may evict keys"), "{log:?}");
+    // Append-only and noeviction (Redis's default policy): neither.
+    let safe = RedisServer::start_persistent();
+    let log = start_up_log(&up, &safe).await;
+    assert!(!log.is_empty());
+    assert!(!has(&log, "persists nothing"), "{log:?}");
+    assert!(!has(&log, "may evict keys"), "{log:?}");
+}
+
+#[tokio::test]
+async fn flushall_empties_every_instances_l1_at_once() {
+    init();
+    let r = RedisServer::start();
+    let up = Upstream::start().await;
+    let (a, b) = two_gateways(&config(&up, &r, "")).await;
+    let alice = login_json(&a, "alice", PASSWORD).await;
+    expect_ok(&a, &alice).await;
+    expect_ok(&b, &alice).await;
+    // Both instances hold the session in L1; the server forgets everything.
+    assert_eq!(r.command(&["FLUSHALL"]), "+OK\r\n");
+    within(&a, &alice, 302, PROPAGATION_BOUND).await;
+    within(&b, &alice, 302, PROPAGATION_BOUND).await;
+    // The store keeps working afterwards.
+    let again = login_json(&b, "alice", PASSWORD).await;
+    expect_ok(&a, &again).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

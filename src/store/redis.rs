@@ -16,7 +16,8 @@
 //!   the session's absolute end. The id itself is never stored: a dump yields no cookie.
 //! - `<p>t:<same hash>` — last use (ms), written at most every `idle_timeout / 10`; untracked, so
 //!   these writes invalidate nobody's L1.
-//! - `<p>u:<username>` — the set of a user's session hashes (sign-out-everywhere).
+//! - `<p>u:<username>` — the set of a user's session hashes (sign-out-everywhere); each login
+//!   drops a few members whose session expired ([`PRUNE_INDEX`]).
 //! - `<p>r:j:<jti>` — a revoked token or login session id, expiring when it would anyway.
 //! - `<p>r:u:<username>` — sign-out-everywhere time (ms), expiring after `max_lifetime`.
 //! - `<p>l:a:<address>`, `<p>l:u:<username>` — failed-login counters, one-minute windows.
@@ -522,6 +523,13 @@ impl SessionStore for Arc<RedisSessions> {
                 .cmd("PEXPIRE")
                 .arg(&index)
                 .arg(lifetime)
+                .ignore()
+                .cmd("EVAL")
+                .arg(PRUNE_INDEX)
+                .arg(1)
+                .arg(&index)
+                .arg(self.link.key("s:", ""))
+                .arg(PRUNE_SAMPLE)
                 .ignore();
             self.link.run::<()>(&p, WRITE_TIMEOUT).await?;
             // Our own write's invalidation may arrive after this and evict it again: the first
@@ -852,6 +860,19 @@ impl RevocationStore for Arc<RedisRevocations> {
         self.loaded.load(Ordering::Acquire) && self.link.trusted()
     }
 }
+
+/// Drops from the user index KEYS[1] up to ARGV[2] sampled members whose session key (ARGV[1]
+/// followed by the member) is gone: sessions end by expiry without anyone removing them from
+/// the index, so each login clears a few, and an active user's index stays about the size of
+/// their live sessions at a bounded cost per login.
+const PRUNE_INDEX: &str = "local n = 0 \
+     for _, h in ipairs(redis.call('SRANDMEMBER', KEYS[1], tonumber(ARGV[2]))) do \
+       if redis.call('EXISTS', ARGV[1] .. h) == 0 then redis.call('SREM', KEYS[1], h) n = n + 1 end \
+     end \
+     return n";
+
+/// Members of a user's session index checked per login ([`PRUNE_INDEX`]).
+const PRUNE_SAMPLE: usize = 16;
 
 /// Sets KEYS[1] to ARGV[1] (expiring in ARGV[2] ms) unless it already holds a later time.
 const RAISE_NOT_BEFORE: &str = "local c = tonumber(redis.call('GET', KEYS[1]) or '0') \
@@ -1334,7 +1355,9 @@ async fn warn_about_settings(link: &Link) {
         .cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy");
-    type Pairs = (Vec<String>, Vec<String>, Vec<String>);
+    // RESP3 answers CONFIG GET with a map (RESP2 with a flat array): read either as a map.
+    type Settings = HashMap<String, String>;
+    type Pairs = (Settings, Settings, Settings);
     let got: Result<Pairs, StoreError> = link.run(&p, WRITE_TIMEOUT).await;
     let mut p = redis::pipe();
     p.cmd("INFO").arg("server");
@@ -1355,11 +1378,11 @@ async fn warn_about_settings(link: &Link) {
         tracing::info!("redis store: cannot read the server's settings (CONFIG GET refused?); check persistence and maxmemory-policy yourself");
         return;
     };
-    let value = |v: &[String]| v.get(1).cloned().unwrap_or_default();
-    if value(&aof) != "yes" && value(&save).trim().is_empty() {
+    let value = |v: &Settings, k: &str| v.get(k).cloned().unwrap_or_default();
+    if value(&aof, "appendonly") != "yes" && value(&save, "save").trim().is_empty() {
         tracing::warn!("redis store: the server persists nothing (appendonly no, no save points): a Redis restart ends every session and forgets every revocation");
     }
-    let policy = value(&policy);
+    let policy = value(&policy, "maxmemory-policy");
     if policy != "noeviction" {
         tracing::warn!(maxmemory_policy = %policy, "redis store: the server may evict keys when full; an evicted revocation revives its token. Use maxmemory-policy noeviction");
     }
