@@ -299,9 +299,23 @@ async fn stopped_redis_gets_answers_within_a_bound_never_a_hang() {
     let fresh = "authgate=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let start = Instant::now();
     let mut saw_503 = false;
+    // The latest start (since SIGSTOP) of a request that L1 still answered with 200.
+    let mut last_trusted = Duration::ZERO;
+    // First a session L1 holds, alone, request after request: when does L1 stop vouching?
+    let mut first_refused = None;
+    while first_refused.is_none() && start.elapsed() < Duration::from_secs(1) {
+        let sent = start.elapsed();
+        match status(&gw, "/app/x", &alice).await {
+            200 => last_trusted = sent,
+            503 => first_refused = Some(sent),
+            s => panic!("got {s} while Redis was stopped"),
+        }
+    }
+    let first_refused = first_refused.expect("L1 still trusted 1 s after Redis stopped");
     while start.elapsed() < Duration::from_millis(1500) {
         for c in [&alice, &bob, &fresh.to_string()] {
             let t = Instant::now();
+            let sent = start.elapsed();
             let s = status(&gw, "/app/x", c).await;
             assert!(
                 t.elapsed() < Duration::from_secs(1),
@@ -310,11 +324,24 @@ async fn stopped_redis_gets_answers_within_a_bound_never_a_hang() {
             );
             assert!(s == 200 || s == 503, "got {s} while Redis was stopped");
             saw_503 |= s == 503;
+            if s == 200 {
+                last_trusted = last_trusted.max(sent);
+            }
         }
     }
     assert!(
         saw_503,
         "L1 was trusted although the heartbeat went unanswered"
+    );
+    // The last answered PING came at most one heartbeat (30 ms) before SIGSTOP, and L1 is
+    // trusted for 100 ms after it: a request sent later than that (plus a margin for a loaded
+    // machine; the decision is made after the request is sent, never before) must not get 200.
+    assert!(
+        last_trusted <= Duration::from_millis(300),
+        "L1 answered a request sent {last_trusted:?} after Redis stopped (bound: 130 ms)"
+    );
+    eprintln!(
+        "after SIGSTOP: L1 answered requests sent up to {last_trusted:?}, first 503 for one sent at {first_refused:?}"
     );
     r.signal("CONT");
     until_ready(&gw).await;
@@ -1066,4 +1093,49 @@ async fn flushall_empties_every_instances_l1_at_once() {
     expect_ok(&a, &again).await;
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_that_go_silent_without_closing_are_replaced() {
+    use support::redis::FreezingRelay;
+    init();
+    let r = RedisServer::start();
+    let relay = FreezingRelay::start(r.port).await;
+    let up = Upstream::start().await;
+    let cfg = config(&up, &r, "").replace(&r.url(), &relay.url());
+    assert!(cfg.contains(&relay.url()));
+    let gw = TestGateway::start(&cfg).await;
+    until_ready(&gw).await;
+    let alice = login_json(&gw, "alice", PASSWORD).await;
+    expect_ok(&gw, &alice).await;
+    // Every connection the gateway has stops carrying bytes but stays open (no FIN, no RST):
+    // only its own timeouts can notice. It must answer meanwhile and then reconnect by itself.
+    relay.freeze_existing();
+    let start = Instant::now();
+    let mut saw_503 = false;
+    loop {
+        let t = Instant::now();
+        let s = status(&gw, "/app/x", &alice).await;
+        assert!(t.elapsed() < Duration::from_secs(1), "a request hung");
+        assert!(s == 200 || s == 503, "got {s}");
+        saw_503 |= s == 503;
+        if saw_503 && s == 200 && ready(&gw).await == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the gateway never replaced its silent connections"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "recovered over new connections {:?} after the freeze",
+        start.elapsed()
+    );
+    // Commands work again too (a login writes, a logout propagates).
+    let bob = login_json(&gw, "bob", PASSWORD).await;
+    expect_ok(&gw, &bob).await;
+    logout(&gw, &bob, false).await;
+    within(&gw, &bob, 302, PROPAGATION_BOUND).await;
+    gw.shutdown().await;
 }

@@ -216,3 +216,74 @@ pub fn store_section(r: &RedisServer) -> String {
         r.url()
     )
 }
+
+/// A TCP relay on a free loopback port in front of `target`, whose existing flows can be
+/// frozen: they stay open but carry nothing more, either way (a half-open connection, a
+/// partition, a NAT that lost its state), while new connections work.
+pub struct FreezingRelay {
+    pub port: u16,
+    flows: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl FreezingRelay {
+    pub async fn start(target: u16) -> FreezingRelay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let flows: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let f2 = flows.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = l.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                let frozen = Arc::new(AtomicBool::new(false));
+                f2.lock().unwrap().push(frozen.clone());
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to, frozen) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                        frozen.clone(),
+                    ),
+                    (Box::new(sr) as _, Box::new(cw) as _, frozen.clone()),
+                ] {
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if frozen.load(Ordering::Acquire) {
+                                // Hold both ends open and carry nothing, for good.
+                                let _keep = (from, to);
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        FreezingRelay { port, flows }
+    }
+
+    /// Every flow open now stops carrying bytes (new ones are not affected).
+    pub fn freeze_existing(&self) {
+        for f in self.flows.lock().unwrap().iter() {
+            f.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// `redis://127.0.0.1:<relay port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
