@@ -806,6 +806,13 @@ async fn an_idle_session_on_redis_is_refused_and_audited_as_expired() {
         .find(|e| e["event"] == "session_expired")
         .unwrap_or_else(|| panic!("no session_expired event:\n{text}"));
     assert_eq!(expired["user"], "alice");
+    assert_eq!(expired["client"], "127.0.0.1");
+    assert!(
+        expired["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty()),
+        "{expired}"
+    );
     assert!(!text.contains(alice.split_once('=').unwrap().1));
     gw.shutdown().await;
 }

@@ -425,6 +425,8 @@ async fn audit_records_each_event_kind_in_session_mode_without_secrets() {
     assert_eq!(find(&ev, "sign_out_everywhere", "success")["user"], "alice");
     let expired = find(&ev, "session_expired", "info");
     assert_eq!(expired["user"], "alice");
+    assert_eq!(expired["client"], "127.0.0.1");
+    assert!(expired["request_id"].as_str().is_some(), "{expired}");
     assert!(expired["credential"].as_str().unwrap().starts_with("s:"));
     find(&ev, "config_reload", "success");
     find(&ev, "config_reload", "failure");

@@ -100,6 +100,18 @@ pub fn authenticate(
     live: &Live,
     headers: &HeaderMap,
 ) -> Result<Option<Authenticated>, StoreUnavailable> {
+    authenticate_from(rt, live, headers, None)
+}
+
+/// [`authenticate`] for a request whose origin (client address, request id, trace id) the
+/// events it causes should carry; `origin` is called only when an event is written (a session
+/// seen expired), never on the way of an ordinary request.
+pub fn authenticate_from(
+    rt: &Runtime,
+    live: &Live,
+    headers: &HeaderMap,
+    origin: Option<&dyn Fn() -> crate::telemetry::audit::Origin>,
+) -> Result<Option<Authenticated>, StoreUnavailable> {
     use crate::telemetry::metrics::{AuthResult as R, Mechanism as M};
     let m = &rt.telemetry.metrics;
     let cookie_mech = match rt.config.auth.mode {
@@ -129,10 +141,11 @@ pub fn authenticate(
                 }
                 Ok(session::Lookup::Expired(username)) => {
                     outcome(R::Expired);
-                    let mut e = crate::telemetry::audit::AuditEvent::new(
-                        crate::telemetry::audit::AuditKind::SessionExpired,
-                        "info",
-                    );
+                    use crate::telemetry::audit::{AuditEvent, AuditKind};
+                    let mut e = match origin {
+                        Some(o) => AuditEvent::from(AuditKind::SessionExpired, "info", &o()),
+                        None => AuditEvent::new(AuditKind::SessionExpired, "info"),
+                    };
                     let known = rt.users.get(&username).is_some();
                     e.user = Some(rt.telemetry.audit.user(&username, known));
                     e.credential = Some(crate::telemetry::audit::credential_hash("s", v));

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::auth::session::unix_now;
-use crate::auth::{authenticate, cookies, Authenticated, Credential};
+use crate::auth::{authenticate_from, cookies, Authenticated, Credential};
 use crate::body::Body;
 use crate::error::{wants_html, GatewayError};
 use crate::pipeline::headers::{find_cookie, CookieLookup, X_FORWARDED_FOR};
@@ -128,7 +128,7 @@ pub async fn endpoint(
         },
         "/.auth/me" => {
             get_only(&m)?;
-            match authenticate(rt, &shared.live, req.headers()) {
+            match authenticate_from(rt, &shared.live, req.headers(), Some(&origin)) {
                 Ok(Some(a)) => Ok(me(rt, &a)),
                 Ok(None) => Err(GatewayError::Unauthenticated),
                 Err(_) => Err(GatewayError::StoreUnavailable),
@@ -752,7 +752,7 @@ async fn logout_post(
     }
     // Unavailable: the cookie is kept and nothing is claimed done (503), never a silent "logged
     // out" that another instance would not honour.
-    let auth = authenticate(rt, &shared.live, &parts.headers)
+    let auth = authenticate_from(rt, &shared.live, &parts.headers, Some(&|| o.clone()))
         .map_err(|_| GatewayError::StoreUnavailable)?;
     if let Some(a) = &auth {
         let live = &shared.live;
@@ -988,7 +988,7 @@ fn verify<B>(
             }
         }
     }
-    let a = match authenticate(rt, &shared.live, req.headers()) {
+    let a = match authenticate_from(rt, &shared.live, req.headers(), Some(&|| o.clone())) {
         Ok(Some(a)) => a,
         Ok(None) => {
             denials.denied();

@@ -20,7 +20,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::{authenticate, Authenticated};
+use crate::auth::Authenticated;
 use crate::body::Body;
 use crate::config::UpstreamTarget;
 use crate::error::{wants_html, GatewayError};
@@ -497,6 +497,7 @@ pub fn auth_phase<B>(
     route: &Route,
     conn: &ConnInfo,
     path: &str,
+    request_id: &HeaderValue,
 ) -> Result<Option<Authenticated>, Deny> {
     use crate::policy::Verdict;
     let (allow_groups, allow_users, level) =
@@ -510,7 +511,12 @@ pub fn auth_phase<B>(
                 level,
             } => (allow_groups, allow_users, level),
         };
-    let a = authenticate(rt, live, req.headers())
+    let origin = || crate::telemetry::audit::Origin {
+        client: crate::login::client_ip(rt, req.headers(), conn),
+        request_id: request_id.to_str().ok().map(Box::from),
+        trace_id: crate::telemetry::trace::TraceId::of(req.headers()),
+    };
+    let a = crate::auth::authenticate_from(rt, live, req.headers(), Some(&origin))
         .map_err(|_| Deny::Unavailable)?
         .ok_or(Deny::Unauthenticated)?;
     if !crate::policy::admits(allow_users, allow_groups, &a.user.username, &a.user.groups) {
@@ -822,7 +828,7 @@ pub fn decide_noting<'a, B>(
     // Upgrade means nothing in HTTP/1.0 (RFC 9110 §7.8), and only listed protocols are tunnelled.
     let http11 = req.version() == http::Version::HTTP_11;
     ctx.upgrade = ctx.upgrade.filter(|u| http11 && route.allows_upgrade(u));
-    let auth = match auth_phase(rt, live, req, route, conn, &ctx.path) {
+    let auth = match auth_phase(rt, live, req, route, conn, &ctx.path, request_id) {
         Ok(a) => a,
         Err(deny) => {
             if !matches!(deny, Deny::Unavailable) {
