@@ -51,6 +51,10 @@ pub enum GatewayError {
         /// Seconds until the client may retry.
         retry_after: u64,
     },
+    /// Every password-hashing slot stayed busy for the whole wait: the gateway is overloaded
+    /// with logins (429 like a limit, but counted apart: nobody's attempts were limited).
+    #[error("login hashing queue full")]
+    LoginsBusy,
     /// Upstream refused or unreachable.
     #[error("upstream unreachable: {0}")]
     UpstreamConnect(String),
@@ -87,7 +91,9 @@ impl GatewayError {
             GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TooManyRequests { .. } | GatewayError::LoginsBusy => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Overloaded | GatewayError::StoreUnavailable => {
@@ -121,6 +127,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => "request body too large",
             GatewayError::UnsupportedMediaType => "unsupported content type",
             GatewayError::TooManyRequests { .. } => "too many attempts; try again later",
+            GatewayError::LoginsBusy => "too many sign-ins at once; try again in a moment",
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => {
                 "the upstream service is unavailable"
             }
@@ -159,7 +166,7 @@ impl GatewayError {
             GatewayError::TooManyRequests { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
-            GatewayError::StoreUnavailable => {
+            GatewayError::StoreUnavailable | GatewayError::LoginsBusy => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -521,6 +521,7 @@ fn login_result(r: &Result<Response<Body>, GatewayError>) -> LoginResult {
         Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => LoginResult::BadCredentials,
         Ok(_) => LoginResult::Ok,
         Err(GatewayError::TooManyRequests { .. }) => LoginResult::RateLimited,
+        Err(GatewayError::LoginsBusy) => LoginResult::Busy,
         Err(GatewayError::CrossSite | GatewayError::CsrfToken) => LoginResult::Csrf,
         Err(GatewayError::StoreUnavailable) => LoginResult::StoreUnavailable,
         Err(_) => LoginResult::Invalid,
@@ -653,7 +654,7 @@ pub(super) async fn check_password(
     .await
     {
         Ok(Ok(p)) => p,
-        _ => return Err(GatewayError::TooManyRequests { retry_after: 1 }),
+        _ => return Err(GatewayError::LoginsBusy),
     };
     // Check again with a slot in hand: failures recorded while this attempt queued must count, or
     // a burst of concurrent guesses would all pass the check above before any failure is recorded.
@@ -1069,6 +1070,17 @@ fn audit_verify_denied<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_hashing_queue_is_429_with_retry_after_and_counted_apart_from_limits() {
+        let busy = Err(GatewayError::LoginsBusy);
+        assert_eq!(login_result(&busy), LoginResult::Busy);
+        let limited = Err(GatewayError::TooManyRequests { retry_after: 7 });
+        assert_eq!(login_result(&limited), LoginResult::RateLimited);
+        let r = GatewayError::LoginsBusy.into_response(false);
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
 
     #[test]
     fn safe_rd_keeps_local_paths_and_refuses_everything_else() {

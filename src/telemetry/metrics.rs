@@ -269,9 +269,11 @@ pub enum LoginResult {
     ProviderRefused = 6,
     /// An external provider could not be reached.
     ProviderUnavailable = 7,
+    /// Every password-hashing slot stayed busy for the whole wait (429, not a limit).
+    Busy = 8,
 }
 
-const LOGIN_RESULTS: [&str; 8] = [
+const LOGIN_RESULTS: [&str; 9] = [
     "ok",
     "bad_credentials",
     "rate_limited",
@@ -280,6 +282,7 @@ const LOGIN_RESULTS: [&str; 8] = [
     "store_unavailable",
     "provider_refused",
     "provider_unavailable",
+    "busy",
 ];
 
 /// Values read when a scrape is answered.
