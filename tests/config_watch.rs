@@ -327,3 +327,51 @@ async fn an_enrolment_written_to_the_credentials_file_applies_without_sighup() {
     assert_eq!(v["error"], "second_factor_required");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn config_watch_a_replaced_jwt_key_file_is_applied_without_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = jwt_section(dir.path());
+    let toml = format!(
+        "{SERVER}{jwt}\n{}[[routes]]\npath_prefix = \"/\"\nupstream = \"builtin:whoami\"\naccess = \"authenticated\"\n",
+        user_toml("alice", &[])
+    );
+    let gw = TestGateway::start(&toml).await;
+    let w = gw.gateway().watch_config().await.unwrap();
+    let mut rx = w.outcomes();
+    let get = |cookie: String| {
+        let url = gw.url("/");
+        async move {
+            client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let old = login_json(&gw, "alice", PASSWORD).await;
+    assert_eq!(get(old.clone()).await, 200);
+
+    // Key rotation by a tool that writes the new key beside the old one and renames it over.
+    let fresh = authgate::auth::jwt::generate_key(
+        authgate::config::JwtAlgorithm::HS256,
+        &dir.path().join("next"),
+    )
+    .unwrap();
+    std::fs::rename(&fresh[0], dir.path().join("hs.secret")).unwrap();
+    let c = wait_for(&mut rx, "reload", |c| c.ok >= 1).await;
+    assert_eq!(c.failed, 0, "{c:?}");
+
+    // Tokens signed with the old key no longer verify; new logins use the new one.
+    assert_ne!(
+        get(old).await,
+        200,
+        "a token of the replaced key still accepted"
+    );
+    let new = login_json(&gw, "alice", PASSWORD).await;
+    assert_eq!(get(new).await, 200);
+    gw.shutdown().await;
+}

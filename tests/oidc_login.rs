@@ -865,3 +865,39 @@ async fn hs256_id_tokens_verify_with_the_client_secret_only_when_configured() {
     assert_eq!(b.me().await.1["user"], USER);
     assert!(corp.refusals().is_empty(), "{:?}", corp.refusals());
 }
+
+#[tokio::test]
+async fn an_email_the_provider_does_not_vouch_for_is_not_passed_on_nor_used_as_the_user() {
+    use support::hostile_idp::{Attack, HostileIdp, EMAIL, USER};
+    init();
+    let corp = HostileIdp::start("corp", SECRET).await;
+    let mail = HostileIdp::start("mail", SECRET).await;
+    corp.set(Attack::NoEmailVerified);
+    mail.set(Attack::NoEmailVerified);
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let providers = format!(
+        "{}{}",
+        provider_toml(&secrets, "corp", &corp.issuer, ""),
+        provider_toml(&secrets, "mail", &mail.issuer, "user_claim = \"email\""),
+    );
+    let gw = gateway("", &providers, "", &up).await;
+    // Signed in by name; the address nobody vouched for is neither kept nor forwarded.
+    let b = Browser::new(&gw);
+    let back = corp.authorize(&b.start("corp", "/app").await).await;
+    assert_signed_in(&b, b.get(&back).await, "/app").await;
+    let (_, me) = b.me().await;
+    assert_eq!(me["user"], USER);
+    assert!(me.get("email").is_none_or(|e| e.is_null()), "{me}");
+    assert_eq!(b.get("/app").await.status(), 200);
+    assert_eq!(up.last().one("x-forwarded-email"), None);
+    // Where that address would be the user's name, the login is refused.
+    let b = Browser::new(&gw);
+    let back = mail.authorize(&b.start("mail", "/").await).await;
+    assert_refused(&b, b.get(&back).await, 403, "unvouched email as the user").await;
+    // Vouched for, it is the user.
+    mail.set(Attack::None);
+    let back = mail.authorize(&b.start("mail", "/").await).await;
+    assert_signed_in(&b, b.get(&back).await, "/").await;
+    assert_eq!(b.me().await.1["user"], EMAIL);
+}

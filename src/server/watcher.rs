@@ -289,17 +289,36 @@ fn check(shared: &Shared, armed: &mut Armed) -> Outcome {
 
 /// The config file, the users file and the credentials file (if any) of the snapshot in force.
 fn watched_files(shared: &Shared) -> Vec<PathBuf> {
+    use crate::config::KeySource;
     let rt = shared.runtime.load();
     let c = &rt.config;
     let mut files = vec![c.source.clone()];
-    files.extend(c.users_file.clone().filter(|u| *u != c.source));
-    files.extend(
-        c.auth
-            .credentials
-            .as_ref()
-            .map(|cc| cc.file.clone())
-            .filter(|f| !files.contains(f)),
-    );
+    let mut add = |f: &PathBuf| {
+        if !files.contains(f) {
+            files.push(f.clone());
+        }
+    };
+    c.users_file.iter().for_each(&mut add);
+    c.auth.credentials.iter().for_each(|cc| add(&cc.file));
+    // Files the configuration points to whose contents a reload applies: JWT keys (a rotation
+    // is a new file in place), a route's upstream CA, a provider's CA.
+    if let Some(j) = &c.auth.jwt {
+        let keys = std::iter::once(&j.signing_key).chain(j.verify_keys.iter().map(|k| &k.source));
+        for k in keys {
+            if let KeySource::File(f) = k {
+                add(f);
+            }
+        }
+    }
+    c.routes
+        .iter()
+        .filter_map(|r| r.tls_ca.as_ref())
+        .for_each(&mut add);
+    c.auth
+        .oidc
+        .iter()
+        .filter_map(|o| o.ca_file.as_ref())
+        .for_each(&mut add);
     files
 }
 

@@ -77,6 +77,8 @@ pub enum Attack {
     NoSubject,
     /// `email_verified: false`.
     UnverifiedEmail,
+    /// No `email_verified` claim at all (Entra ID's way): the email is not vouched for.
+    NoEmailVerified,
     /// The ID token lacks groups; userinfo answers for another subject.
     UserinfoOtherSubject,
     /// The token endpoint refuses the code (`invalid_grant`).
@@ -450,6 +452,9 @@ impl Inner {
                 c.as_object_mut().unwrap().remove("sub");
             }
             Attack::UnverifiedEmail => c["email_verified"] = json!(false),
+            Attack::NoEmailVerified => {
+                c.as_object_mut().unwrap().remove("email_verified");
+            }
             Attack::UserinfoOtherSubject => {
                 c.as_object_mut().unwrap().remove("groups");
             }

@@ -709,13 +709,23 @@ fn identity(
             "the provider says the email is not verified".into(),
         ));
     }
+    // Many providers let a user type any address; only one the provider vouches for
+    // (`email_verified: true`) identifies anybody. Where it names the user, an unvouched one
+    // refuses the login; elsewhere it is not passed on.
+    let vouched = verified == Some(true) || cfg.allow_unverified_email;
+    if !vouched && cfg.user_claim == cfg.email_claim && email.is_some() {
+        return Err(deny(
+            "email_unverified",
+            "the user claim is an email the provider does not mark verified".into(),
+        ));
+    }
+    let email = email.filter(|_| vouched);
     if !cfg.allowed_email_domains.is_empty() {
         let domain = email
             .as_deref()
             .and_then(|e| e.rsplit_once('@'))
             .map(|(_, d)| d.to_ascii_lowercase());
-        let ok = domain.is_some_and(|d| cfg.allowed_email_domains.contains(&d))
-            && (verified == Some(true) || cfg.allow_unverified_email);
+        let ok = domain.is_some_and(|d| cfg.allowed_email_domains.contains(&d));
         if !ok {
             return Err(deny(
                 "email_domain",

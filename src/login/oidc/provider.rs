@@ -15,6 +15,9 @@ use crate::config::oidc::OidcConfig;
 
 /// A discovery document is reused this long before it is fetched again.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Documents older than this are not used even while the provider cannot be reached: its keys
+/// may have been rotated out because they leaked.
+pub const STALE_LIMIT: Duration = Duration::from_secs(2 * 3600);
 /// After a failed fetch, the provider is not asked again for this long (its button answers with
 /// the error page meanwhile; a login a few seconds later tries again).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
@@ -112,12 +115,16 @@ fn acceptable_endpoint(u: &url::Url) -> bool {
     }
 }
 
-fn endpoint(name: &str, s: &str) -> Result<url::Url, ProviderError> {
+/// An endpoint named by the discovery of the issuer `issuer`: https, or plain http on loopback
+/// only when the issuer itself is (a test provider); an https issuer cannot send the client
+/// secret or a token to a plain-http service.
+fn endpoint(issuer: &str, name: &str, s: &str) -> Result<url::Url, ProviderError> {
     let u = url::Url::parse(s)
         .map_err(|_| ProviderError::Refused(format!("discovery: {name} is not a URL")))?;
-    if !acceptable_endpoint(&u) {
+    let https_issuer = issuer.starts_with("https://");
+    if !acceptable_endpoint(&u) || (https_issuer && u.scheme() != "https") {
         return Err(ProviderError::Refused(format!(
-            "discovery: {name} must be https (plain http only on loopback)"
+            "discovery: {name} must be https (plain http only on loopback, for a plain-http issuer)"
         )));
     }
     Ok(u)
@@ -206,8 +213,11 @@ impl Provider {
             .and_then(|f| *f)
             .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE);
         if recently_failed {
-            // Stale documents beat none while the provider is away.
-            if let Some(c) = cached.as_ref() {
+            // Stale documents beat none while the provider is away, for a bounded time.
+            if let Some(c) = cached
+                .as_ref()
+                .filter(|c| c.fetched.elapsed() < STALE_LIMIT)
+            {
                 return Ok((c.discovery.clone(), c.keys.clone()));
             }
             return Err(ProviderError::Unavailable("failed moments ago".into()));
@@ -226,7 +236,10 @@ impl Provider {
             }
             Err(e) => {
                 self.note(false, &e.to_string());
-                match cached.as_ref() {
+                match cached
+                    .as_ref()
+                    .filter(|c| c.fetched.elapsed() < STALE_LIMIT)
+                {
                     Some(c) => Ok((c.discovery.clone(), c.keys.clone())),
                     None => Err(e),
                 }
@@ -291,20 +304,21 @@ impl Provider {
             });
         let d = Discovery {
             authorization_endpoint: endpoint(
+                &self.cfg.issuer,
                 "authorization_endpoint",
                 &raw.authorization_endpoint,
             )?,
-            token_endpoint: endpoint("token_endpoint", &raw.token_endpoint)?,
-            jwks_uri: endpoint("jwks_uri", &raw.jwks_uri)?,
+            token_endpoint: endpoint(&self.cfg.issuer, "token_endpoint", &raw.token_endpoint)?,
+            jwks_uri: endpoint(&self.cfg.issuer, "jwks_uri", &raw.jwks_uri)?,
             userinfo_endpoint: raw
                 .userinfo_endpoint
                 .as_deref()
-                .map(|u| endpoint("userinfo_endpoint", u))
+                .map(|u| endpoint(&self.cfg.issuer, "userinfo_endpoint", u))
                 .transpose()?,
             end_session_endpoint: raw
                 .end_session_endpoint
                 .as_deref()
-                .map(|u| endpoint("end_session_endpoint", u))
+                .map(|u| endpoint(&self.cfg.issuer, "end_session_endpoint", u))
                 .transpose()?,
             iss_parameter: raw.authorization_response_iss_parameter_supported,
             secret_post_only,
