@@ -349,6 +349,8 @@ pub struct Shared {
     pub conn_limit: Arc<Semaphore>,
     /// Held while a reload reads and swaps (SIGHUP, the file watch and the API never overlap).
     pub reload_lock: std::sync::Mutex<()>,
+    /// Sign-in starts per client address (external providers).
+    pub oidc_starts: crate::login::oidc::StartLimiter,
 }
 
 impl Shared {
@@ -372,6 +374,7 @@ impl Shared {
             request_prefix: u32::from_le_bytes(p),
             conn_limit,
             reload_lock: std::sync::Mutex::new(()),
+            oidc_starts: Default::default(),
         })
     }
 }

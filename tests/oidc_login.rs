@@ -901,3 +901,39 @@ async fn an_email_the_provider_does_not_vouch_for_is_not_passed_on_nor_used_as_t
     assert_signed_in(&b, b.get(&back).await, "/").await;
     assert_eq!(b.me().await.1["user"], EMAIL);
 }
+
+#[tokio::test]
+async fn sign_in_starts_are_limited_per_address_and_head_stores_nothing() {
+    use support::hostile_idp::HostileIdp;
+    init();
+    let corp = HostileIdp::start("corp", SECRET).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let gw = gateway(
+        "",
+        &provider_toml(&secrets, "corp", &corp.issuer, ""),
+        "",
+        &up,
+    )
+    .await;
+    let b = Browser::new(&gw);
+    let head = b
+        .http
+        .head(b.local("/.auth/oidc/corp/start?rd=%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 405);
+    // A person needs a few starts a minute; an address that keeps starting is refused before
+    // anything is stored, and a sign-in already under way still finishes.
+    let pending = b.start("corp", "/").await;
+    for _ in 1..60 {
+        b.start("corp", "/").await;
+    }
+    let r = b.get("/.auth/oidc/corp/start?rd=%2F").await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(r.headers().get("location").is_none());
+    let back = corp.authorize(&pending).await;
+    assert_signed_in(&b, b.get(&back).await, "/").await;
+}

@@ -141,7 +141,10 @@ pub async fn endpoint(
                 return Err(GatewayError::NotFound);
             };
             match (action, &m) {
-                ("start", &Method::GET | &Method::HEAD) => oidc::start(shared, rt, &req, id).await,
+                // GET only: a HEAD (a link checker, a prefetch) must not store a pending login.
+                ("start", &Method::GET) => {
+                    oidc::start(shared, rt, &req, id, client_ip(rt, req.headers(), conn)).await
+                }
                 ("callback", &Method::GET) => {
                     let o = origin();
                     let start = std::time::Instant::now();

@@ -41,6 +41,35 @@ const BINDING_MAX_AGE: i64 = 24 * 3600;
 /// Longest query a callback may carry.
 const MAX_CALLBACK_QUERY: usize = 8 * 1024;
 
+/// Sign-ins one client address may start per minute (each keeps a pending login in the live
+/// store for [`FLOW_TTL`]); a person needs a handful, a flood would fill the store.
+pub const STARTS_PER_MINUTE: u32 = 60;
+
+/// Counts sign-in starts per client address over one-minute windows (this instance; bounded
+/// in memory).
+pub struct StartLimiter {
+    counts: moka::sync::Cache<std::net::IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+}
+
+impl Default for StartLimiter {
+    fn default() -> Self {
+        StartLimiter {
+            counts: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+}
+
+impl StartLimiter {
+    /// Counts one start from `ip`; false when over [`STARTS_PER_MINUTE`] in its window.
+    pub fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let n = self.counts.get_with(ip, Default::default);
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < STARTS_PER_MINUTE
+    }
+}
+
 /// The configured providers of a snapshot, in file order.
 #[derive(Default)]
 pub struct Providers {
@@ -182,10 +211,15 @@ pub(super) async fn start<B>(
     rt: &Runtime,
     req: &Request<B>,
     id: &str,
+    client: std::net::IpAddr,
 ) -> Result<Response<Body>, GatewayError> {
     let Some(p) = rt.oidc.get(id) else {
         return Err(GatewayError::NotFound);
     };
+    if !shared.oidc_starts.allow(client) {
+        tracing::debug!(provider = %id, %client, "sign-in start refused: too many from this address");
+        return Err(GatewayError::TooManyRequests { retry_after: 60 });
+    }
     let rd = safe_rd(
         &query_param(req.uri().query(), "rd").unwrap_or_else(|| "/".into()),
         &rt.config.server.public_origin,
@@ -197,14 +231,13 @@ pub(super) async fn start<B>(
             return Ok(unavailable_page());
         }
     };
-    let (binding, set_binding) = match binding_cookie_value(rt, req.headers()) {
-        Some(b) => (b.to_string(), None),
-        None => {
-            let t = random_token()?;
-            let c = binding_cookie(rt, &t);
-            (t, Some(c))
-        }
+    // Renewed by every start, so a sign-in started just before the cookie would have expired
+    // still finishes in this browser.
+    let binding = match binding_cookie_value(rt, req.headers()) {
+        Some(b) => b.to_string(),
+        None => random_token()?,
     };
+    let set_binding = Some(binding_cookie(rt, &binding));
     let state = random_token()?;
     let nonce = random_token()?;
     let verifier = random_token()?;
