@@ -504,6 +504,24 @@ fn oidc_provider_config_errors_name_the_key() {
     // Two providers with one id.
     let two = format!("{}\n[[auth.oidc]]\n{base}", p(base));
     error_for(&two, "auth.oidc[1].id");
+    // Two trusted providers must keep their groups apart.
+    let other =
+        "id = \"partner\"\nissuer = \"https://idp.partner.example\"\nclient_id = \"authgate\"\n";
+    let both =
+        |a: &str, b: &str| format!("{}\n[[auth.oidc]]\n{other}{b}\n", p(&format!("{base}{a}")));
+    error_for(
+        &both("", "groups_prefix = \"p:\""),
+        "auth.oidc[0].groups_prefix",
+    );
+    error_for(
+        &both("groups_prefix = \"corp:\"", "groups_prefix = \"corp:x\""),
+        "auth.oidc[1].groups_prefix",
+    );
+    let fine = both("groups_prefix = \"corp:\"", "groups_prefix = \"partner:\"");
+    authgate::Config::from_toml_str(&fine, Path::new(FILE)).unwrap();
+    // A linked provider takes the local entry's groups: no prefix needed.
+    let linked = both("", "users = \"link\"");
+    authgate::Config::from_toml_str(&linked, Path::new(FILE)).unwrap();
     // No password form and no provider: nobody could sign in.
     let text = VALID.replace("[server]", "[auth]\npassword_login = false\n\n[server]");
     error_for(&text, "auth.password_login");

@@ -337,5 +337,35 @@ pub(super) fn validate(
             redirect_uri,
         });
     }
+    // Several trusted providers: each one's groups must be told apart, or one provider's
+    // `admins` (or a group it names `corp:admins`) would pass rules written for another's.
+    let trusted: Vec<(usize, &OidcConfig)> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.users == OidcUsers::Trust)
+        .collect();
+    if trusted.len() > 1 {
+        for &(i, a) in &trusted {
+            let key = format!("auth.oidc[{i}].groups_prefix");
+            if a.groups_prefix.is_empty() {
+                c.err(
+                    key,
+                    "required when several providers use users = \"trust\": e.g. groups_prefix = \"<id>:\"",
+                );
+            } else if let Some((_, b)) = trusted.iter().find(|&&(j, b)| {
+                j != i
+                    && !b.groups_prefix.is_empty()
+                    && a.groups_prefix.starts_with(&b.groups_prefix)
+            }) {
+                c.err(
+                    key,
+                    format!(
+                        "{:?} starts with provider {:?}'s prefix {:?}: that provider could name these groups",
+                        a.groups_prefix, b.id, b.groups_prefix
+                    ),
+                );
+            }
+        }
+    }
     out
 }

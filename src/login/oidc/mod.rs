@@ -607,8 +607,21 @@ async fn finish<B>(
                 "email_verified",
                 "name",
             ];
+            // `email_verified` speaks of userinfo's email: it is taken only with that email, or
+            // when userinfo names the same one the ID token does.
+            let same_email = match (
+                claim(&claims, &p.cfg.email_claim),
+                claim(&info, &p.cfg.email_claim),
+            ) {
+                (None, _) => true,
+                (Some(a), Some(b)) => a == b,
+                (Some(_), None) => false,
+            };
             for (k, v) in info {
                 let top = |w: &&str| *w == k || w.split('.').next() == Some(k.as_str());
+                if k == "email_verified" && !same_email {
+                    continue;
+                }
                 if wanted.iter().any(top) {
                     claims.entry(k).or_insert(v);
                 }
