@@ -937,3 +937,61 @@ async fn sign_in_starts_are_limited_per_address_and_head_stores_nothing() {
     let back = corp.authorize(&pending).await;
     assert_signed_in(&b, b.get(&back).await, "/").await;
 }
+
+#[tokio::test]
+async fn a_second_factor_step_up_keeps_the_provider_login() {
+    use support::hostile_idp::{HostileIdp, USER};
+    init();
+    let corp = HostileIdp::start("corp", SECRET).await;
+    let up = Upstream::start().await;
+    let secrets = Secrets::new();
+    let key = secrets.file("test-credentials-key-0123456789abcdef");
+    let auth = format!(
+        "[auth]\ncredentials_file = \"{{dir}}/credentials.toml\"\ncredentials_key_file = \"{key}\"\n"
+    );
+    let gw = gateway(
+        &auth,
+        &provider_toml(&secrets, "corp", &corp.issuer, "users = \"link\""),
+        &user_toml(USER, &["staff"]),
+        &up,
+    )
+    .await;
+    // The linked local user has a second factor.
+    let cfg = authgate::Config::load(&gw.config_path).unwrap();
+    let creds = cfg.auth.credentials.clone().unwrap();
+    let e = authgate::auth::credentials::enroll(&creds, USER, false).unwrap();
+    let totp = totp_rs::Totp::from_url(&e.uri).unwrap();
+    gw.gateway()
+        .reload(authgate::Config::load(&gw.config_path).unwrap())
+        .unwrap();
+
+    let b = Browser::new(&gw);
+    let back = corp.authorize(&b.start("corp", "/").await).await;
+    assert_signed_in(&b, b.get(&back).await, "/").await;
+    let before = b.cookies();
+    assert_eq!(b.me().await.1["provider"], "corp");
+    // The code on top of the provider's login.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = b
+        .http
+        .post(b.local("/.auth/login/otp"))
+        .json(&serde_json::json!({"code": totp.generate(now).to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_ne!(b.cookies(), before, "a step-up mints a new session");
+    let (status, me) = b.me().await;
+    assert_eq!(status, 200);
+    assert_eq!(me["user"], USER);
+    assert_eq!(me["method"], "oidc", "{me}");
+    assert_eq!(me["provider"], "corp", "{me}");
+    let amr: Vec<String> = serde_json::from_value(me["amr"].clone()).unwrap();
+    assert!(
+        amr.iter().any(|a| a == "otp") && amr.iter().any(|a| a == "ext"),
+        "{amr:?}"
+    );
+}

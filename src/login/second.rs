@@ -353,7 +353,24 @@ pub(super) async fn code_post(
     }
     live.otp.forgive(&user.username);
     let amr = amr_before | factors::PWD | factors::OTP;
-    let mut r = mint(shared, rt, &user, amr, None, &kind, &rd, o).await?;
+    // A step-up keeps how the login was made: a provider's login stays tied to that provider
+    // (removing or changing it still ends the new credential). Its access token was sealed for
+    // the old session's key and is not carried over.
+    let via = match &subject {
+        Subject::StepUp(a) => match &a.credential {
+            Credential::Session(s) => s.via.as_ref(),
+            Credential::Jwt(t) => t.external.as_ref(),
+        }
+        .map(|v| {
+            Arc::new(ExternalLogin {
+                provider: v.provider.clone(),
+                identity: v.identity.clone(),
+                access_token: None,
+            })
+        }),
+        _ => None,
+    };
+    let mut r = mint(shared, rt, &user, amr, via, &kind, &rd, o).await?;
     // A step-up replaces the password-only session: the old id stops working.
     if let Subject::StepUp(a) = &subject {
         if let (Credential::Session(_), CookieLookup::One(v)) = (
