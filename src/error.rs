@@ -61,6 +61,12 @@ pub enum GatewayError {
     /// Upstream failed mid-request.
     #[error("upstream failed: {0}")]
     Upstream(String),
+    /// The TLS handshake with the upstream failed.
+    #[error("upstream TLS failed: {0}")]
+    UpstreamTls(String),
+    /// The upstream reset or closed the connection mid-request.
+    #[error("upstream reset: {0}")]
+    UpstreamReset(String),
     /// Upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -94,7 +100,10 @@ impl GatewayError {
             GatewayError::TooManyRequests { .. } | GatewayError::LoginsBusy => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::Upstream(_)
+            | GatewayError::UpstreamTls(_)
+            | GatewayError::UpstreamReset(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Overloaded | GatewayError::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -128,9 +137,10 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType => "unsupported content type",
             GatewayError::TooManyRequests { .. } => "too many attempts; try again later",
             GatewayError::LoginsBusy => "too many sign-ins at once; try again in a moment",
-            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => {
-                "the upstream service is unavailable"
-            }
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::Upstream(_)
+            | GatewayError::UpstreamTls(_)
+            | GatewayError::UpstreamReset(_) => "the upstream service is unavailable",
             GatewayError::UpstreamTimeout => "the upstream service did not answer in time",
             GatewayError::Overloaded => "the gateway is at its connection limit; try again later",
             GatewayError::StoreUnavailable => {

@@ -722,3 +722,48 @@ async fn audit_file_is_reopened_on_sighup_after_log_rotation() {
         assert_eq!(mode, 0o600, "the reopened audit file is private");
     }
 }
+
+/// A TCP server on 127.0.0.1:0 that reads what a client sends first and then closes: an upstream
+/// that dies mid-request (or, for a TLS client, during the handshake).
+async fn closing_server() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_errors_are_counted_by_kind_connect_tls_and_reset() {
+    let dies = closing_server().await;
+    let toml = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[routes]]\nname = \"refused\"\npath_prefix = \"/refused\"\nupstream = \"http://127.0.0.1:1\"\naccess = \"public\"\n\n\
+         [[routes]]\nname = \"dies\"\npath_prefix = \"/dies\"\nupstream = \"http://{dies}\"\naccess = \"public\"\n\n\
+         [[routes]]\nname = \"tls\"\npath_prefix = \"/tls\"\nupstream = \"https://{dies}\"\naccess = \"public\"\n"
+    );
+    let gw = TestGateway::start(&toml).await;
+    let maddr = gw.gateway().metrics_addr().expect("metrics listener");
+    for path in ["/refused/x", "/dies/x", "/tls/x"] {
+        let r = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 502, "{path}");
+    }
+    let (_, text) = scrape(maddr).await;
+    let s = parse_metrics(&text);
+    let errors = "authgate_upstream_errors_total";
+    for (route, kind) in [("refused", "connect"), ("dies", "reset"), ("tls", "tls")] {
+        assert_eq!(
+            value(&s, errors, &[("route", route), ("kind", kind)]),
+            1.0,
+            "{route}: {kind}\n{text}"
+        );
+    }
+    gw.shutdown().await;
+}

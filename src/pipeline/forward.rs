@@ -104,7 +104,9 @@ fn finish_exchange(
     let mut resp = match answer {
         None => return Err(GatewayError::UpstreamTimeout),
         Some(Err(SendError::Connect(m))) => return Err(GatewayError::UpstreamConnect(m)),
+        Some(Err(SendError::Tls(m))) => return Err(GatewayError::UpstreamTls(m)),
         Some(Err(SendError::Exchange(m))) => return Err(GatewayError::Upstream(m)),
+        Some(Err(SendError::Reset(m))) => return Err(GatewayError::UpstreamReset(m)),
         Some(Ok(r)) => r,
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

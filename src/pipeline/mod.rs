@@ -966,22 +966,15 @@ impl Served<'_> {
     }
 }
 
-/// Sorts an upstream failure for the metrics. The messages are the gateway's own (see
-/// `upstream.rs`): a failed handshake says so; the kernel's words name a reset.
+/// Sorts an upstream failure for the metrics, by the error's variant (`upstream.rs` sorts them
+/// when they happen).
 fn upstream_error_kind(e: &GatewayError) -> crate::telemetry::metrics::UpstreamErrorKind {
     use crate::telemetry::metrics::UpstreamErrorKind as K;
     match e {
         GatewayError::UpstreamTimeout => K::Timeout,
-        GatewayError::UpstreamConnect(m) if m.starts_with("TLS handshake") => K::Tls,
+        GatewayError::UpstreamTls(_) => K::Tls,
         GatewayError::UpstreamConnect(_) => K::Connect,
-        GatewayError::Upstream(m) => {
-            let m = m.to_ascii_lowercase();
-            if m.contains("reset") || m.contains("broken pipe") || m.contains("connection closed") {
-                K::Reset
-            } else {
-                K::Other
-            }
-        }
+        GatewayError::UpstreamReset(_) => K::Reset,
         _ => K::Other,
     }
 }
@@ -1031,6 +1024,8 @@ pub fn error_response(e: GatewayError, html: bool) -> Response<Body> {
             e,
             GatewayError::UpstreamConnect(_)
                 | GatewayError::Upstream(_)
+                | GatewayError::UpstreamTls(_)
+                | GatewayError::UpstreamReset(_)
                 | GatewayError::UpstreamTimeout
         )
     {

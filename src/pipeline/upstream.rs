@@ -49,8 +49,42 @@ static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 pub enum SendError {
     /// No connection could be made (→ 502).
     Connect(String),
+    /// The TLS handshake with the upstream failed (→ 502).
+    Tls(String),
     /// The exchange failed after connecting (→ 502).
     Exchange(String),
+    /// The upstream reset or closed the connection mid-exchange (→ 502).
+    Reset(String),
+}
+
+impl SendError {
+    /// An exchange failure, sorted by what hyper and the kernel said (never by message text).
+    fn exchange(e: &hyper::Error) -> SendError {
+        let reset = e.is_incomplete_message() || e.is_closed() || {
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+            let mut found = false;
+            while let Some(c) = cur {
+                if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                    use std::io::ErrorKind as K;
+                    found |= matches!(
+                        io.kind(),
+                        K::ConnectionReset
+                            | K::BrokenPipe
+                            | K::ConnectionAborted
+                            | K::UnexpectedEof
+                    );
+                }
+                cur = c.source();
+            }
+            found
+        };
+        let m = error_chain(e);
+        if reset {
+            SendError::Reset(m)
+        } else {
+            SendError::Exchange(m)
+        }
+    }
 }
 
 /// Where an upstream lives and how to reach it, with its idle connections.
@@ -234,7 +268,7 @@ impl UpstreamPool {
                         tracing::debug!(error = %error_chain(e.error()), "reused upstream connection failed: retrying on a new one");
                         req = copy.into_request();
                     }
-                    _ => return Err(SendError::Exchange(error_chain(e.error()))),
+                    _ => return Err(SendError::exchange(e.error())),
                 },
             }
         }
@@ -367,22 +401,25 @@ impl UpstreamPool {
         let connect = async {
             let tcp = TcpStream::connect(&self.addr)
                 .await
-                .map_err(|e| format!("connect {}: {e}", self.addr))?;
+                .map_err(|e| SendError::Connect(format!("connect {}: {e}", self.addr)))?;
             let _ = tcp.set_nodelay(true);
             match &self.tls {
-                None => handshake(TokioIo::new(tcp)).await,
+                None => handshake(TokioIo::new(tcp))
+                    .await
+                    .map_err(SendError::Connect),
                 Some((connector, name)) => {
-                    let tls = connector
-                        .connect(name.clone(), tcp)
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                        SendError::Tls(format!("TLS handshake with {}: {e}", self.addr))
+                    })?;
+                    handshake(TokioIo::new(tls))
                         .await
-                        .map_err(|e| format!("TLS handshake with {}: {e}", self.addr))?;
-                    handshake(TokioIo::new(tls)).await
+                        .map_err(SendError::Connect)
                 }
             }
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(m)) => Err(SendError::Connect(m)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(SendError::Connect(format!(
                 "connect {}: timed out after {CONNECT_TIMEOUT:?}",
                 self.addr
