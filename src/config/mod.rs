@@ -1328,26 +1328,20 @@ fn redis_tls(
         .client_key_file
         .as_deref()
         .and_then(|f| read("client_key_file", f));
-    if let (Some(f), Some(pem)) = (&r.ca_file, &ca_pem) {
-        if !certs_ok(pem) {
-            c.err(
-                "store.ca_file",
-                format!(
-                    "{}: no PEM certificate in it",
-                    resolve_path(file, f).display()
-                ),
-            );
-        }
-    }
-    if let (Some(f), Some(pem)) = (&r.client_cert_file, &cert) {
-        if !certs_ok(pem) {
-            c.err(
-                "store.client_cert_file",
-                format!(
-                    "{}: no PEM certificate in it",
-                    resolve_path(file, f).display()
-                ),
-            );
+    for (k, f, pem) in [
+        ("ca_file", &r.ca_file, &ca_pem),
+        ("client_cert_file", &r.client_cert_file, &cert),
+    ] {
+        if let (Some(f), Some(pem)) = (f, pem) {
+            if !certs_ok(pem) {
+                c.err(
+                    format!("store.{k}"),
+                    format!(
+                        "{}: no PEM certificate in it",
+                        resolve_path(file, f).display()
+                    ),
+                );
+            }
         }
     }
     if let (Some(f), Some(pem)) = (&r.client_key_file, &key) {
