@@ -754,7 +754,7 @@ async fn a_hostile_provider_is_refused_and_creates_no_credential() {
         provider_toml(&secrets, "partner", &partner.issuer, ""),
         provider_toml(&secrets, "liar", &liar.issuer, ""),
     );
-    let gw = gateway("", &providers, "", &up).await;
+    let gw = gateway("[metrics]\nlisten = \"127.0.0.1:0\"\n", &providers, "", &up).await;
 
     // Honest, the provider signs mallory in: the harness works, and every refusal below is the
     // attack's doing.
@@ -828,6 +828,17 @@ async fn a_hostile_provider_is_refused_and_creates_no_credential() {
         1,
         "only the honest sign-in reached the upstream"
     );
+    // Every callback is one external login attempt, and only the honest one succeeded.
+    let text = scrape_metrics(&gw).await;
+    let login = "authgate_login_attempts_total";
+    let oidc = ("method", "oidc");
+    assert_eq!(metric_sum(&text, login, &[oidc, ("result", "ok")]), 1.0);
+    assert_eq!(metric_sum(&text, login, &[oidc]), 27.0, "{text}");
+    // The 502s and the 503 above: the provider's side failed, not the user's answer.
+    let unavailable = ("result", "provider_unavailable");
+    assert_eq!(metric_sum(&text, login, &[oidc, unavailable]), 4.0);
+    assert_eq!(metric_sum(&text, login, &[("method", "password")]), 0.0);
+    assert_eq!(metric_sum(&text, login, &[("method", "otp")]), 0.0);
 }
 
 #[tokio::test]

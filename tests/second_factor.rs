@@ -147,7 +147,11 @@ async fn password_then_code_logs_in_with_both_factors_and_a_code_is_never_accept
 #[tokio::test]
 async fn a_wrong_code_keeps_the_step_for_a_few_tries_and_a_used_ticket_is_gone() {
     let up = Upstream::start().await;
-    let gw = start(&config(&up, "", "")).await;
+    let metrics = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        config(&up, "", "")
+    );
+    let gw = start(&metrics).await;
     let (t, _) = enroll(&gw, "alice");
     reload(&gw);
     let step = password_step(&gw, "alice").await;
@@ -163,6 +167,16 @@ async fn a_wrong_code_keeps_the_step_for_a_few_tries_and_a_used_ticket_is_gone()
     assert_eq!(r.status(), 401);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "login_expired");
+    // The password step and each code are login attempts of their own method.
+    let text = scrape_metrics(&gw).await;
+    let login = "authgate_login_attempts_total";
+    let (password, otp) = (("method", "password"), ("method", "otp"));
+    assert_eq!(metric_sum(&text, login, &[password, ("result", "ok")]), 1.0);
+    assert_eq!(metric_sum(&text, login, &[password]), 1.0);
+    assert_eq!(metric_sum(&text, login, &[otp, ("result", "ok")]), 1.0);
+    let bad = ("result", "bad_credentials");
+    assert_eq!(metric_sum(&text, login, &[otp, bad]), 2.0, "{text}");
+    assert_eq!(metric_sum(&text, login, &[("method", "oidc")]), 0.0);
     gw.shutdown().await;
 }
 

@@ -222,12 +222,22 @@ async fn metrics_after_real_traffic_parse_and_count_per_route_status_auth_and_lo
         3.0
     );
     let login = "authgate_login_attempts_total";
-    assert_eq!(value(&s, login, &[("result", "ok")]), 1.0);
+    let password = ("method", "password");
+    assert_eq!(value(&s, login, &[password, ("result", "ok")]), 1.0);
     assert_eq!(
-        value(&s, login, &[("result", "bad_credentials")]),
+        value(&s, login, &[password, ("result", "bad_credentials")]),
         1.0,
         "a failed login is counted once"
     );
+    // Nothing else logged in: the other methods are present and zero.
+    for method in ["otp", "oidc"] {
+        for result in ["ok", "bad_credentials"] {
+            assert_eq!(
+                value(&s, login, &[("method", method), ("result", result)]),
+                0.0
+            );
+        }
+    }
     assert_eq!(value(&s, "authgate_login_duration_seconds_count", &[]), 2.0);
     assert_eq!(value(&s, "authgate_sessions_active", &[]), 1.0);
     assert_eq!(

@@ -32,7 +32,7 @@ use crate::pipeline::headers::{find_cookie, CookieLookup, X_FORWARDED_FOR};
 use crate::pipeline::ConnInfo;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::audit::{AuditEvent, AuditKind, AuditUser, Origin};
-use crate::telemetry::metrics::LoginResult;
+use crate::telemetry::metrics::{LoginMethod, LoginResult};
 use crate::telemetry::trace::TraceId;
 
 /// Characters escaped in a query value (everything but unreserved and '/').
@@ -86,9 +86,11 @@ pub async fn endpoint(
                 let o = origin();
                 let start = std::time::Instant::now();
                 let r = login_post(shared, rt, req, &o).await;
-                rt.telemetry
-                    .metrics
-                    .login(login_result(&r), start.elapsed());
+                rt.telemetry.metrics.login(
+                    LoginMethod::Password,
+                    login_result(&r),
+                    start.elapsed(),
+                );
                 if let Err(GatewayError::CrossSite | GatewayError::CsrfToken) = &r {
                     let mut e = AuditEvent::from(AuditKind::Login, "failure", &o);
                     e.reason = Some("csrf");
@@ -105,7 +107,7 @@ pub async fn endpoint(
                 let r = second::code_post(shared, rt, req, &o).await;
                 rt.telemetry
                     .metrics
-                    .login(login_result(&r), start.elapsed());
+                    .login(LoginMethod::Otp, login_result(&r), start.elapsed());
                 r
             }
             _ => Err(GatewayError::MethodNotAllowed),
@@ -157,7 +159,9 @@ pub async fn endpoint(
                         Ok(_) => LoginResult::ProviderRefused,
                         Err(_) => login_result(&r),
                     };
-                    rt.telemetry.metrics.login(result, start.elapsed());
+                    rt.telemetry
+                        .metrics
+                        .login(LoginMethod::Oidc, result, start.elapsed());
                     r
                 }
                 ("start" | "callback", _) => Err(GatewayError::MethodNotAllowed),

@@ -273,6 +273,19 @@ pub enum LoginResult {
     Busy = 8,
 }
 
+/// What a login attempt checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginMethod {
+    /// `POST /.auth/login`: a user name and password.
+    Password = 0,
+    /// `POST /.auth/login/otp`: the second factor's one-time code.
+    Otp = 1,
+    /// `/.auth/oidc/<id>/callback`: an external provider's answer.
+    Oidc = 2,
+}
+
+const LOGIN_METHODS: [&str; 3] = ["password", "otp", "oidc"];
+
 const LOGIN_RESULTS: [&str; 9] = [
     "ok",
     "bad_credentials",
@@ -413,14 +426,16 @@ impl Metrics {
             denials.clone(),
         );
         let login_family = Family::<Labels, Counter>::default();
-        let logins = LOGIN_RESULTS
-            .iter()
-            .map(|res| {
-                login_family
-                    .get_or_create(&labels(&[("method", "password"), ("result", res)]))
-                    .clone()
-            })
-            .collect();
+        let mut logins = Vec::new();
+        for m in LOGIN_METHODS {
+            for res in LOGIN_RESULTS {
+                logins.push(
+                    login_family
+                        .get_or_create(&labels(&[("method", m), ("result", res)]))
+                        .clone(),
+                );
+            }
+        }
         r.register(
             "login_attempts",
             "Login attempts, by method and result",
@@ -587,11 +602,11 @@ impl Metrics {
     }
 
     /// Counts a login attempt.
-    pub fn login(&self, r: LoginResult, took: Duration) {
+    pub fn login(&self, m: LoginMethod, r: LoginResult, took: Duration) {
         if !self.enabled {
             return;
         }
-        self.logins[r as usize].inc();
+        self.logins[m as usize * LOGIN_RESULTS.len() + r as usize].inc();
         self.login_duration.observe(took);
     }
 

@@ -443,6 +443,28 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The gateway's metrics exposition, scraped over HTTP (the gateway needs a `[metrics]` listener).
+pub async fn scrape_metrics(gw: &TestGateway) -> String {
+    let addr = gw.gateway().metrics_addr().expect("no [metrics] listener");
+    let r = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The sum of the samples of `name` whose labels include every `label="value"` of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter(|l| wanted.iter().all(|w| l.contains(w.as_str())))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// Logs in through the JSON endpoint and returns the `name=value` cookie pair.
 pub async fn login_json(gw: &TestGateway, user: &str, password: &str) -> String {
     let r = client()
