@@ -63,9 +63,14 @@ def _tree(pid):
     return out
 
 
+# authgate's log writer thread (src/telemetry/sink.rs): its CPU is reported on its own.
+LOG_THREAD = "authgate-log"
+
+
 def cmd_cpu(args):
-    """Prints the user and the system CPU seconds of a process tree, space-separated."""
-    user = system = 0
+    """Prints the user and the system CPU seconds of a process tree, and the CPU seconds (user +
+    system) of its threads named LOG_THREAD, space-separated."""
+    user = system = log = 0
     for p in _tree(str(args.pid)):
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -74,8 +79,21 @@ def cmd_cpu(args):
             continue  # exited meanwhile
         user += int(fields[11])
         system += int(fields[12])
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            tasks = []
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/stat") as f:
+                    name, rest = f.read().split("(", 1)[1].rsplit(")", 1)
+            except (OSError, ValueError):
+                continue
+            if name == LOG_THREAD:
+                tf = rest.split()
+                log += int(tf[11]) + int(tf[12])
     hz = os.sysconf("SC_CLK_TCK")
-    print(f"{user / hz:.3f} {system / hz:.3f}")
+    print(f"{user / hz:.3f} {system / hz:.3f} {log / hz:.3f}")
 
 
 # ---------------------------------------------------------------------------------------- storm
@@ -380,6 +398,9 @@ def summarize(runs, phase, order):
                                       if "server_cpu_s" in r and r.get("requests")]),
             "user_us_per_req": median([r["server_user_s"] * 1e6 / r["requests"] for r in good
                                        if "server_user_s" in r and r.get("requests")]),
+            # Of which authgate's log writer thread (formatting and writing the access log).
+            "logthread_us_per_req": median([r["server_log_s"] * 1e6 / r["requests"] for r in good
+                                            if "server_log_s" in r and r.get("requests")]),
         })
     return rows
 
@@ -420,10 +441,16 @@ def compare(runs, rows, phase):
         va = {r["round"]: r for r in runs if r["phase"] == phase and r["target"] == a and r["valid"]}
         vb = {r["round"]: r for r in runs if r["phase"] == phase and r["target"] == b and r["valid"]}
         per_round = [va[k]["rps"] / vb[k]["rps"] for k in sorted(va) if k in vb and vb[k]["rps"]]
+        lo, hi = median_ci(per_round)
         c = {
             "label": label, "phase": phase, "a": a, "b": b,
             "rps_ratio": ratio(ra["rps"], rb["rps"]),
             "rps_ratio_per_round": [round(x, 3) for x in per_round],
+            # The median of the per-round ratios and its 95 % confidence interval: how far the
+            # noise of this run leaves the true ratio open.
+            "rps_ratio_round_median": median(per_round),
+            "rps_ratio_ci95": [lo, hi] if lo is not None else None,
+            "logthread_a": ra["logthread_us_per_req"],
             "cpu_a": ra["cpu_us_per_req"], "cpu_b": rb["cpu_us_per_req"],
             "cpu_ratio": ratio(ra["cpu_us_per_req"], rb["cpu_us_per_req"]),
             "cpu_extra_us": diff(ra["cpu_us_per_req"], rb["cpu_us_per_req"]),
@@ -437,6 +464,27 @@ def compare(runs, rows, phase):
     return out
 
 
+def median_ci(xs, level=0.95):
+    """Distribution-free confidence interval of the median of xs: order statistics from the
+    binomial(n, 1/2) distribution (no normality assumed). (None, None) below 6 values, where
+    even the extremes do not cover the median with 95 %."""
+    n = len(xs)
+    if n < 6:
+        return None, None
+    from math import comb
+    ys = sorted(xs)
+    # The largest k with P(Binomial(n, 1/2) < k) <= (1 - level) / 2: [ys[k-1], ys[n-k]] covers.
+    alpha, k, tail = (1 - level) / 2, 0, 0.0
+    while True:
+        nxt = tail + comb(n, k) / 2 ** n
+        if nxt > alpha:
+            break
+        tail, k = nxt, k + 1
+    if k == 0:
+        return None, None
+    return ys[k - 1], ys[n - k]
+
+
 def print_comparisons(comps):
     def bound_cell(c):
         if c["bound"] is None:
@@ -445,12 +493,19 @@ def print_comparisons(comps):
     rows = [[c["label"], {"load": "throughput", "latency1": "1 connection"}[c["phase"]],
              f"{c['a']} / {c['b']}", fmt_num(c["rps_ratio"], 3),
              " ".join(f"{x:.3f}" for x in c["rps_ratio_per_round"]) or "-",
+             (f"{c['rps_ratio_round_median']:.3f} [{c['rps_ratio_ci95'][0]:.3f}, "
+              f"{c['rps_ratio_ci95'][1]:.3f}]" if c["rps_ratio_ci95"] else "-"),
              f"{fmt_num(c['cpu_a'], 1)} / {fmt_num(c['cpu_b'], 1)}", fmt_num(c["cpu_ratio"], 3),
              fmt_num(c["cpu_extra_us"], 2), fmt_num(c["user_extra_us"], 2),
-             fmt_num(c["p50_extra_us"]), bound_cell(c)] for c in comps]
-    print_table(["comparison", "phase", "A / B", "req/s A/B", "per round", "cpu us/req A / B",
-                 "cpu A/B", "+cpu us/req", "+user us/req", "+p50 us", "issue 14 bound (req/s)"],
-                rows, "lllrlrrrrrl")
+             fmt_num(c["logthread_a"], 2), fmt_num(c["p50_extra_us"]), bound_cell(c)]
+            for c in comps]
+    print_table(["comparison", "phase", "A / B", "req/s A/B", "per round",
+                 "round median [95% CI]", "cpu us/req A / B", "cpu A/B", "+cpu us/req",
+                 "+user us/req", "A's log thread us/req", "+p50 us", "issue 14 bound (req/s)"],
+                rows, "lllrllrrrrrrl")
+    print("  round median [95% CI]: median of the per-round ratios with its distribution-free "
+          "95 % interval (6 rounds at least); A's log thread: CPU of authgate's log writer "
+          "thread per request of A (part of A's cpu us/req)")
 
 
 def cmd_report(args):

@@ -634,10 +634,10 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
       if (v["requests"]) printf "  %s: %d Redis commands for %d requests = %.4f per request\n", t, b - a, v["requests"], (b - a) / v["requests"]
     }' <<<"$line" | tee -a "$WORK/redis-commands.txt" ;;
   esac
-  # "user system" seconds before and after: total and user part of the run.
+  # "user system log-thread" seconds before and after: total, user part and authgate's log writer.
   [ "$line" = MISSING ] || line+="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {
     split(a, x, " "); split(b, y, " ")
-    printf " server_cpu_s=%.3f server_user_s=%.3f", (y[1] + y[2]) - (x[1] + x[2]), y[1] - x[1] }')"
+    printf " server_cpu_s=%.3f server_user_s=%.3f server_log_s=%.3f", (y[1] + y[2]) - (x[1] + x[2]), y[1] - x[1], y[3] - x[3] }')"
   echo "$phase $t $r $line" >>"$RAW"
   if [ "$line" = MISSING ]; then
     printf '  %-8s %-17s round %s: no result (see %s)\n' "$phase" "$t" "$r" "$out"
