@@ -392,7 +392,7 @@ fn bench_decision_jwt(c: &mut Criterion) {
 /// share of the access log (build the record, hand it to the queue) and the writer thread's
 /// (format one line).
 fn bench_telemetry(c: &mut Criterion) {
-    use authgate::telemetry::access::AccessRecord;
+    use authgate::telemetry::access::{AccessRecord, LoggedPath};
     use authgate::telemetry::metrics::{AuthResult, Mechanism, Metrics};
     use authgate::telemetry::sink::{Entry, Sink};
     let mut g = c.benchmark_group("telemetry_per_request");
@@ -417,14 +417,15 @@ fn bench_telemetry(c: &mut Criterion) {
             })
         });
     }
+    let app: Arc<str> = Arc::from("app");
     let record = || AccessRecord {
         time: std::time::SystemTime::now(),
         request_id: *b"9adfcd740000000a",
         client: "127.0.0.1:50312".parse().unwrap(),
         method: http::Method::GET,
-        path: black_box("/app/items").to_owned(),
+        path: LoggedPath::new(black_box("/app/items")),
         version: http::Version::HTTP_11,
-        route: Some(Arc::from("app")),
+        route: Some(app.clone()),
         status: 200,
         latency_us: 183,
         bytes: Some(512),

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::pipeline::{handle, ConnInfo, Served};
 use crate::state::{Runtime, Shared};
-use crate::telemetry::access::AccessRecord;
+use crate::telemetry::access::{AccessRecord, LoggedPath};
 use crate::telemetry::sink::Entry;
 use driver::{Activity, Busy, Drain, Driver, Ended, Member};
 
@@ -622,23 +622,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Longest path an access-log record keeps: a queue full of 64 KiB paths (a request head may be
-/// that long) would hold a gigabyte.
-const MAX_LOGGED_PATH: usize = 1024;
-
-/// The path as the access log keeps it: cut (on a character boundary, marked `…`) past
-/// [`MAX_LOGGED_PATH`].
-fn access_path(p: &str) -> String {
-    if p.len() <= MAX_LOGGED_PATH {
-        return p.to_owned();
-    }
-    let mut end = MAX_LOGGED_PATH;
-    while !p.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &p[..end])
-}
-
 /// Wraps the pipeline with the request's id, its metrics and its access-log record (never a
 /// secret: no query string, no header values). Returns hyper's service result itself (no
 /// wrapping `async` block: each layer of futures is one more copy of the request's state).
@@ -663,7 +646,7 @@ async fn logged(
     let access = rt.config.log.access_log.then(|| {
         (
             req.method().clone(),
-            access_path(req.uri().path()),
+            LoggedPath::new(req.uri().path()),
             crate::telemetry::trace::TraceId::of(req.headers()),
         )
     });
@@ -697,19 +680,4 @@ async fn logged(
         ));
     }
     Ok(resp.map(|body| ServedBody::new(body, busy)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn access_path_keeps_short_paths_and_cuts_long_ones_on_a_character_boundary() {
-        assert_eq!(access_path("/a/b"), "/a/b");
-        let long = format!("/{}", "é".repeat(MAX_LOGGED_PATH));
-        let cut = access_path(&long);
-        assert!(cut.ends_with('…'));
-        assert!(cut.len() <= MAX_LOGGED_PATH + '…'.len_utf8());
-        assert!(long.starts_with(cut.trim_end_matches('…')));
-    }
 }

@@ -7,9 +7,51 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Version};
+use smallvec::SmallVec;
 
 use super::trace::TraceId;
 use crate::config::LogFormat;
+
+/// Bytes of a path the record holds itself; a longer path is put on the heap.
+pub const INLINE_PATH: usize = 64;
+
+/// The longest path kept in full: a queue full of 64 KiB paths (a request head may be that long)
+/// would hold a gigabyte.
+pub const MAX_LOGGED_PATH: usize = 1024;
+
+/// A request path as the access record keeps it: up to [`INLINE_PATH`] bytes inline, so for most
+/// requests the worker allocates nothing and the writer thread frees nothing the worker allocated
+/// (a free from another thread was the writer's largest cost after `write()` itself); cut (on a
+/// character boundary, marked `…`) past [`MAX_LOGGED_PATH`].
+#[derive(Debug, Clone)]
+pub struct LoggedPath(SmallVec<[u8; INLINE_PATH]>);
+
+impl LoggedPath {
+    /// The path `p` as logged.
+    pub fn new(p: &str) -> LoggedPath {
+        if p.len() <= MAX_LOGGED_PATH {
+            return LoggedPath(SmallVec::from_slice(p.as_bytes()));
+        }
+        let mut end = MAX_LOGGED_PATH;
+        while !p.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut v = SmallVec::with_capacity(end + '…'.len_utf8());
+        v.extend_from_slice(&p.as_bytes()[..end]);
+        v.extend_from_slice("…".as_bytes());
+        LoggedPath(v)
+    }
+
+    /// The path. Always the text given to [`LoggedPath::new`] (or its cut form).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+
+    /// Whether it is held inline (no heap allocation).
+    pub fn inline(&self) -> bool {
+        !self.0.spilled()
+    }
+}
 
 /// One request, as the access log shows it. Never a secret: no query string, no header values.
 #[derive(Debug)]
@@ -23,7 +65,7 @@ pub struct AccessRecord {
     /// Method.
     pub method: Method,
     /// Path only (the query string may carry tokens).
-    pub path: String,
+    pub path: LoggedPath,
     /// HTTP version.
     pub version: Version,
     /// The route's name, if one matched.
@@ -155,7 +197,7 @@ impl AccessRecord {
                 buf.extend_from_slice(b" method=");
                 text_value(buf, self.method.as_str());
                 buf.extend_from_slice(b" path=");
-                text_value(buf, &self.path);
+                text_value(buf, self.path.as_str());
                 buf.extend_from_slice(b" version=");
                 buf.extend_from_slice(version_str(self.version).as_bytes());
                 buf.extend_from_slice(b" route=");
@@ -186,7 +228,7 @@ impl AccessRecord {
                 buf.extend_from_slice(b"\",\"method\":");
                 json_str(buf, self.method.as_str());
                 buf.extend_from_slice(b",\"path\":");
-                json_str(buf, &self.path);
+                json_str(buf, self.path.as_str());
                 buf.extend_from_slice(b",\"version\":\"");
                 buf.extend_from_slice(version_str(self.version).as_bytes());
                 buf.extend_from_slice(b"\",\"route\":");
@@ -214,13 +256,34 @@ impl AccessRecord {
 mod tests {
     use super::*;
 
+    #[test]
+    fn logged_path_keeps_short_paths_inline_and_cuts_long_ones_on_a_character_boundary() {
+        let short = LoggedPath::new("/a/b");
+        assert_eq!(short.as_str(), "/a/b");
+        assert!(short.inline());
+        let edge = "/".repeat(INLINE_PATH);
+        assert!(LoggedPath::new(&edge).inline());
+        let longer = format!("/{edge}");
+        let p = LoggedPath::new(&longer);
+        assert_eq!(p.as_str(), longer);
+        assert!(!p.inline());
+        let long = format!("/{}", "é".repeat(MAX_LOGGED_PATH));
+        let cut = LoggedPath::new(&long);
+        let cut = cut.as_str();
+        assert!(cut.ends_with('…'));
+        assert!(cut.len() <= MAX_LOGGED_PATH + '…'.len_utf8());
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+        let exact = "x".repeat(MAX_LOGGED_PATH);
+        assert_eq!(LoggedPath::new(&exact).as_str(), exact);
+    }
+
     fn record(path: &str) -> AccessRecord {
         AccessRecord {
             time: SystemTime::UNIX_EPOCH,
             request_id: *b"0123456789abcdef",
             client: "127.0.0.1:5000".parse().unwrap(),
             method: Method::GET,
-            path: path.into(),
+            path: LoggedPath::new(path),
             version: Version::HTTP_11,
             route: Some(Arc::from("app")),
             status: 200,
