@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -94,6 +95,43 @@ def cmd_cpu(args):
                 log += int(tf[11]) + int(tf[12])
     hz = os.sysconf("SC_CLK_TCK")
     print(f"{user / hz:.3f} {system / hz:.3f} {log / hz:.3f}")
+
+
+def _perf_shares(path, *extra):
+    """{key: percent} from `perf report --sort KEY` of `path` (overhead column, no call graph)."""
+    out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none",
+                          "-F", "overhead,sample,comm,sym" if "sym" in extra else "overhead,sample,comm",
+                          *extra], capture_output=True, text=True, timeout=120)
+    rows = []
+    for line in out.stdout.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) == 3 and parts[0].endswith("%"):
+            rows.append((float(parts[0][:-1]), int(parts[1]), parts[2]))
+    return rows
+
+
+# Worker-side access-log code that keeps its own symbol (most of it is inlined into the request
+# future, so this share is a lower bound).
+ACCESS_SYMBOLS = ("mpmc::Sender<T>::try_send", "sink::Sink::push", "LoggedPath", "TraceId::of",
+                  "AccessRecord")
+
+
+def cmd_perf_shares(args):
+    """key=value: CPU samples of one authgate, the log writer thread's share of them, and the
+    share of named access-log symbols on the other threads."""
+    comms = _perf_shares(args.data, "--sort", "comm")
+    total = sum(n for _, n, _ in comms)
+    log = sum(n for _, n, c in comms if c.strip() == LOG_THREAD)
+    syms = _perf_shares(args.data, "--sort", "comm,sym")
+    worker = sum(n for _, n, rest in syms
+                 if not rest.startswith(LOG_THREAD) and any(a in rest for a in ACCESS_SYMBOLS))
+    if total == 0:
+        return 1
+    print(f"perf_samples={total} perf_log_thread_pct={100 * log / total:.3f} "
+          f"perf_worker_log_pct={100 * worker / total:.3f}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------- storm
@@ -398,6 +436,12 @@ def summarize(runs, phase, order):
                                       if "server_cpu_s" in r and r.get("requests")]),
             "user_us_per_req": median([r["server_user_s"] * 1e6 / r["requests"] for r in good
                                        if "server_user_s" in r and r.get("requests")]),
+            # Sampled with PERF=1: the log writer thread's share of the server's CPU samples,
+            # and named access-log code on its workers (a lower bound: most is inlined).
+            "perf_log_thread_pct": median([r["perf_log_thread_pct"] for r in good
+                                           if "perf_log_thread_pct" in r]),
+            "perf_worker_log_pct": median([r["perf_worker_log_pct"] for r in good
+                                           if "perf_worker_log_pct" in r]),
             # Of which authgate's log writer thread (formatting and writing the access log).
             "logthread_us_per_req": median([r["server_log_s"] * 1e6 / r["requests"] for r in good
                                             if "server_log_s" in r and r.get("requests")]),
@@ -568,6 +612,13 @@ def cmd_report(args):
         for r in thr:
             if r["invalid_runs"]:
                 print(f"  INVALID {r['target']}: {'; '.join(r['invalid_reasons'])}")
+        sampled = [r for r in thr if r.get("perf_log_thread_pct") is not None]
+        if sampled:
+            print("  perf (cpu-clock samples of each authgate process, median over rounds): "
+                  + "; ".join(f"{r['target']}: log writer thread {r['perf_log_thread_pct']:.2f} %, "
+                              f"named access-log code on the worker {r['perf_worker_log_pct']:.2f} %"
+                              for r in sampled)
+                  + " of its CPU")
         if any(r["target"] in ("authgate-hs256", "authgate-eddsa") for r in thr):
             if meta.get("jwt_cache_size") == "0":
                 print("  note: authgate's verified-token cache is off (JWT_CACHE_SIZE=0): every request "
@@ -731,6 +782,10 @@ def main():
     s = sub.add_parser("cpu")
     s.add_argument("pid", type=int)
     s.set_defaults(fn=cmd_cpu)
+
+    s = sub.add_parser("perf-shares", help="log-thread and access-log shares of a perf.data")
+    s.add_argument("data")
+    s.set_defaults(fn=cmd_perf_shares)
 
     s = sub.add_parser("storm", help="stream of JSON logins to 127.0.0.1:PORT/.auth/login")
     s.add_argument("--port", type=int, required=True)

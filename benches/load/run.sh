@@ -58,6 +58,9 @@ Environment (flags above set the same variables):
   STORM_CONNECTIONS=16 wrk connections of the authenticated GET traffic during the storm
   STORM_GET_RATE=2000  offered GET rate (per-connection pacing in wrk); 0 = as fast as possible
   SKIP_MEMORY=0        1: skip `cargo bench --bench session_memory` (SESSIONS=N passes through)
+  PERF=0               1: sample the authgate targets' CPU with `perf record -e cpu-clock` during
+                       every throughput run and report the share of its log writer thread and
+                       of its access-log code (needs perf: apt-get install linux-perf)
   SKIP_BUILD=0         1: use the existing target/release/authgate
   SKIP_INSTALL=0       1: never call apt-get (fail if nginx/haproxy/wrk are missing)
   KEEP_WORK=0          1: keep the temporary work dir (configs, keys, logs)
@@ -105,6 +108,7 @@ STORM_CONNECTIONS="${STORM_CONNECTIONS:-16}"
 STORM_GET_RATE="${STORM_GET_RATE:-2000}"
 SKIP_MEMORY="${SKIP_MEMORY:-0}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+PERF="${PERF:-0}"
 SKIP_INSTALL="${SKIP_INSTALL:-0}"
 KEEP_WORK="${KEEP_WORK:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$ROOT/target/load}"
@@ -266,6 +270,7 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+[ "$PERF" != 1 ] || command -v perf >/dev/null 2>&1 || need+=(linux-perf)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$SKIP_INSTALL" != 1 ] || die "missing: ${need[*]} (SKIP_INSTALL=1)"
   [ "$(id -u)" = 0 ] || die "missing: ${need[*]}; install them (apt-get install ${need[*]}) or run as root"
@@ -618,9 +623,19 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
   case "$t" in authgate-redis*) redis_cmds_before=$(redis_cmds) ;; esac
   cpu0="$(python3 "$LIB" cpu "${!spid}")"
   WRK_DELAY_MS="$delay" "${PIN_LOAD[@]}" wrk "${args[@]}" "${URL[$t]}" >"$out" 2>&1 &
-  local pid=$!
+  local pid=$! ppid=""
   TRANSIENT=("$pid")
+  if [ "$PERF" = 1 ] && [ "$phase" = load ]; then
+    case "$t" in authgate-*)
+      # Software clock sampling (VMs rarely expose hardware counters); stops by itself.
+      perf record -q -e cpu-clock -F 1999 -p "${!spid}" -o "$WORK/perf-$t-$r.data" \
+        -- sleep "$d" >"$WORK/log/perf-$t-$r.log" 2>&1 &
+      ppid=$!
+      TRANSIENT+=("$ppid") ;;
+    esac
+  fi
   wait "$pid" || true
+  [ -z "$ppid" ] || wait "$ppid" || true
   TRANSIENT=()
   cpu1="$(python3 "$LIB" cpu "${!spid}")"
   line="$(grep -m1 '^WRKRESULT' "$out" || echo MISSING)"
@@ -635,6 +650,10 @@ run_wrk() { # PHASE TARGET ROUND CONNS THREADS SECONDS [DELAY_MS]
     }' <<<"$line" | tee -a "$WORK/redis-commands.txt" ;;
   esac
   # "user system log-thread" seconds before and after: total, user part and authgate's log writer.
+  if [ -n "$ppid" ] && [ "$line" != MISSING ]; then
+    line+=" $(python3 "$LIB" perf-shares "$WORK/perf-$t-$r.data" || echo perf_failed=1)"
+    rm -f "$WORK/perf-$t-$r.data"
+  fi
   [ "$line" = MISSING ] || line+="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {
     split(a, x, " "); split(b, y, " ")
     printf " server_cpu_s=%.3f server_user_s=%.3f server_log_s=%.3f", (y[1] + y[2]) - (x[1] + x[2]), y[1] - x[1], y[3] - x[3] }')"
