@@ -418,12 +418,13 @@ fn bench_telemetry(c: &mut Criterion) {
         });
     }
     let app: Arc<str> = Arc::from("app");
-    let record = || AccessRecord {
+    let client: std::net::SocketAddr = "127.0.0.1:50312".parse().unwrap();
+    let record = |path: &str| AccessRecord {
         time: std::time::SystemTime::now(),
         request_id: *b"9adfcd740000000a",
-        client: "127.0.0.1:50312".parse().unwrap(),
+        client,
         method: http::Method::GET,
-        path: LoggedPath::new(black_box("/app/items")),
+        path: LoggedPath::new(black_box(path)),
         version: http::Version::HTTP_11,
         route: Some(app.clone()),
         status: 200,
@@ -432,10 +433,43 @@ fn bench_telemetry(c: &mut Criterion) {
         trace_id: None,
     };
     let sink = Sink::spawn("bench-access", Box::new(std::io::sink())).unwrap();
-    g.bench_function("access_log_worker_build_and_push", |b| {
-        b.iter(|| sink.push(Entry::Access(record(), authgate::config::LogFormat::Text)))
-    });
-    let r = record();
+    // Pushes are timed in chunks that fit the queue, which is emptied (untimed) between them:
+    // a full queue would time the drop path instead of the hand-over.
+    let long = format!("/app/{}", "x".repeat(100));
+    for (name, path) in [
+        ("access_log_worker_build_and_push", "/app/items"),
+        (
+            "access_log_worker_build_and_push_path_over_64_bytes",
+            long.as_str(),
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut took = Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(4096);
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        sink.push(Entry::Access(
+                            record(path),
+                            authgate::config::LogFormat::Text,
+                        ));
+                    }
+                    took += t.elapsed();
+                    left -= n;
+                    assert!(sink.flush(Duration::from_secs(5)));
+                }
+                took
+            })
+        });
+    }
+    assert_eq!(
+        sink.stats()
+            .dropped(authgate::telemetry::sink::Stream::Access),
+        0
+    );
+    let r = record("/app/items");
     let mut buf = Vec::with_capacity(256);
     g.bench_function("access_log_writer_format_text", |b| {
         b.iter(|| {

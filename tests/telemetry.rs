@@ -673,7 +673,7 @@ async fn audit_file_is_reopened_on_sighup_after_log_rotation() {
         assert_eq!(r.status(), 200);
     };
     login().await;
-    // The writer batches (a line lands within ~5 ms): wait until the first login is in the file,
+    // The writer batches (a line lands within ~20 ms): wait until the first login is in the file,
     // so that the rotation below happens after it, as logrotate's would.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !std::fs::read_to_string(&audit)
