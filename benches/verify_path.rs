@@ -448,7 +448,7 @@ fn bench_telemetry(c: &mut Criterion) {
                 let mut took = Duration::ZERO;
                 let mut left = iters;
                 while left > 0 {
-                    let n = left.min(4096);
+                    let n = left.min(16_000);
                     let t = std::time::Instant::now();
                     for _ in 0..n {
                         sink.push(Entry::Access(

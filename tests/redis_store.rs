@@ -1037,7 +1037,7 @@ async fn start_up_log(up: &Upstream, r: &RedisServer) -> Vec<serde_json::Value> 
         ),
     )
     .unwrap();
-    let (child, addr, mut stderr) = spawn_binary(&path);
+    let (child, addr, stderr) = spawn_binary(&path);
     let start = Instant::now();
     // Ready means the tracking connection is up, which comes after the settings were read.
     loop {
@@ -1052,9 +1052,9 @@ async fn start_up_log(up: &Upstream, r: &RedisServer) -> Vec<serde_json::Value> 
         assert!(start.elapsed() < Duration::from_secs(10), "never ready");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    drop(child);
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+    // Stopped, not killed: the log writer batches, and its last lines are flushed on the way out.
+    let (status, text) = terminate_and_read(child, stderr).await;
+    assert!(status.success(), "{status:?}");
     text.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()

@@ -171,11 +171,15 @@ async fn a_wrong_code_keeps_the_step_for_a_few_tries_and_a_used_ticket_is_gone()
     let text = scrape_metrics(&gw).await;
     let login = "authgate_login_attempts_total";
     let (password, otp) = (("method", "password"), ("method", "otp"));
-    assert_eq!(metric_sum(&text, login, &[password, ("result", "ok")]), 1.0);
+    // A right password with a second factor to come is not a login yet.
+    let sfr = ("result", "second_factor_required");
+    assert_eq!(metric_sum(&text, login, &[password, sfr]), 1.0, "{text}");
     assert_eq!(metric_sum(&text, login, &[password]), 1.0);
     assert_eq!(metric_sum(&text, login, &[otp, ("result", "ok")]), 1.0);
     let bad = ("result", "bad_credentials");
-    assert_eq!(metric_sum(&text, login, &[otp, bad]), 2.0, "{text}");
+    assert_eq!(metric_sum(&text, login, &[otp, bad]), 1.0, "{text}");
+    let expired = ("result", "step_expired");
+    assert_eq!(metric_sum(&text, login, &[otp, expired]), 1.0);
     assert_eq!(metric_sum(&text, login, &[("method", "oidc")]), 0.0);
     gw.shutdown().await;
 }
@@ -263,7 +267,11 @@ async fn a_code_spray_is_limited_in_its_own_bucket_and_does_not_lock_the_passwor
 #[tokio::test]
 async fn form_login_asks_for_the_code_on_a_page_that_works_without_javascript() {
     let up = Upstream::start().await;
-    let gw = start(&config(&up, "", "")).await;
+    let metrics = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        config(&up, "", "")
+    );
+    let gw = start(&metrics).await;
     let (t, _) = enroll(&gw, "alice");
     reload(&gw);
     let r = client()
@@ -323,6 +331,65 @@ async fn form_login_asks_for_the_code_on_a_page_that_works_without_javascript() 
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().one("x-forwarded-user").as_deref(), Some("alice"));
+    let otp_form = |cookies: String, code: String| {
+        let (gw, csrf) = (&gw, csrf.clone());
+        async move {
+            client()
+                .post(gw.url("/.auth/login/otp"))
+                .header("cookie", cookies)
+                .form(&[
+                    ("code", code.as_str()),
+                    ("csrf", &csrf),
+                    ("rd", "/app/page"),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The spent step again: back to the password page, counted as an expired step, not a login.
+    let r = otp_form(format!("{csrf_cookie}; {step}"), code_at(&t, now())).await;
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .contains("/.auth/login?rd="));
+    // A fresh step and three wrong codes: the third is answered by a redirect too, but it is a
+    // wrong code all the same.
+    let r = client()
+        .post(gw.url("/.auth/login"))
+        .header("cookie", &csrf_cookie)
+        .form(&[
+            ("username", "alice"),
+            ("password", PASSWORD),
+            ("csrf", &csrf),
+            ("rd", "/app/page"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let step = cookie_named(&r, "authgate_2fa").unwrap();
+    let good = code_at(&t, now());
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    for expect in [401, 401, 303] {
+        let r = otp_form(format!("{csrf_cookie}; {step}"), wrong.to_string()).await;
+        assert_eq!(r.status(), expect);
+    }
+    let text = scrape_metrics(&gw).await;
+    let login = "authgate_login_attempts_total";
+    let (password, otp) = (("method", "password"), ("method", "otp"));
+    let sfr = ("result", "second_factor_required");
+    assert_eq!(metric_sum(&text, login, &[password, sfr]), 2.0, "{text}");
+    assert_eq!(metric_sum(&text, login, &[password]), 2.0);
+    assert_eq!(metric_sum(&text, login, &[otp, ("result", "ok")]), 1.0);
+    assert_eq!(
+        metric_sum(&text, login, &[otp, ("result", "step_expired")]),
+        1.0
+    );
+    let bad = ("result", "bad_credentials");
+    assert_eq!(metric_sum(&text, login, &[otp, bad]), 3.0, "{text}");
+    assert_eq!(metric_sum(&text, login, &[otp]), 5.0);
     gw.shutdown().await;
 }
 

@@ -522,11 +522,26 @@ pub(crate) fn client_ip_strict(rt: &Runtime, h: &HeaderMap, conn: &ConnInfo) -> 
     })
 }
 
+/// How a login attempt ended, said by the code that answered where its status alone would not
+/// (a response extension): a right password whose second factor comes next, a code step that
+/// expired, a last wrong code answered by a redirect.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoginOutcome(pub LoginResult);
+
+/// `r` with its outcome for the metrics.
+pub(crate) fn with_outcome(mut r: Response<Body>, outcome: LoginResult) -> Response<Body> {
+    r.extensions_mut().insert(LoginOutcome(outcome));
+    r
+}
+
 /// How a login attempt ended, for the metrics.
 fn login_result(r: &Result<Response<Body>, GatewayError>) -> LoginResult {
     match r {
-        Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => LoginResult::BadCredentials,
-        Ok(_) => LoginResult::Ok,
+        Ok(resp) => match resp.extensions().get::<LoginOutcome>() {
+            Some(o) => o.0,
+            None if resp.status() == StatusCode::UNAUTHORIZED => LoginResult::BadCredentials,
+            None => LoginResult::Ok,
+        },
         Err(GatewayError::TooManyRequests { .. }) => LoginResult::RateLimited,
         Err(GatewayError::LoginsBusy) => LoginResult::Busy,
         Err(GatewayError::CrossSite | GatewayError::CsrfToken) => LoginResult::Csrf,

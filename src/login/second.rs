@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::{
     audit_login, body_kind, check_csrf_token, check_origin, csrf_cookie_value, csrf_token, html,
-    json, page, read_body, redirect, safe_rd, store_error, Kind,
+    json, page, read_body, redirect, safe_rd, store_error, with_outcome, Kind,
 };
 use crate::auth::external::ExternalLogin;
 use crate::auth::factors::{self, Amr};
@@ -33,6 +33,7 @@ use crate::pipeline::headers::{find_cookie, CookieLookup};
 use crate::state::{Runtime, Shared};
 use crate::store::otp::{Pending, PENDING_TTL};
 use crate::telemetry::audit::{AuditKind, Origin};
+use crate::telemetry::metrics::LoginResult;
 
 /// Wrong codes one pending step allows before the password is asked again.
 const TRIES_PER_TICKET: u8 = 3;
@@ -147,7 +148,7 @@ pub(super) async fn begin(
         .put_pending(&ticket_id(&ticket), &pending)
         .await
         .map_err(store_error)?;
-    let mut r = match kind {
+    let r = match kind {
         Kind::Json => json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": "second_factor_required", "factor": "totp", "next": "/.auth/login/otp"}),
@@ -157,6 +158,7 @@ pub(super) async fn begin(
             html(StatusCode::OK, page::otp_page(csrf, rd, None, false))
         }
     };
+    let mut r = with_outcome(r, LoginResult::SecondFactorRequired);
     r.headers_mut().append(
         header::SET_COOKIE,
         step_cookie(rt, &ticket, PENDING_TTL.as_secs()),
@@ -348,7 +350,8 @@ pub(super) async fn code_post(
                     page::otp_page(csrf, &rd, Some(BAD_CODE), step_up),
                 )
             }
-            Kind::Form => restart(rt, &kind, &rd),
+            // The last try of the step: back to the password, but a wrong code all the same.
+            Kind::Form => with_outcome(restart(rt, &kind, &rd), LoginResult::BadCredentials),
         });
     }
     live.otp.forgive(&user.username);
@@ -387,7 +390,7 @@ pub(super) async fn code_post(
 
 /// The pending step is gone (expired, used up, or never there): back to the password.
 fn restart(rt: &Runtime, kind: &Kind, rd: &str) -> Response<Body> {
-    match kind {
+    let r = match kind {
         Kind::Json => json(
             StatusCode::UNAUTHORIZED,
             serde_json::json!({"error": "login_expired", "message": "Sign in again: the code step expired or had too many tries."}),
@@ -402,7 +405,8 @@ fn restart(rt: &Runtime, kind: &Kind, rd: &str) -> Response<Body> {
                 .append(header::SET_COOKIE, step_cookie(rt, "", 0));
             r
         }
-    }
+    };
+    with_outcome(r, LoginResult::StepExpired)
 }
 
 /// Marks a used recovery code in the credentials file, off the async workers. The live store

@@ -23,8 +23,14 @@ pub const MAX_LOGGED_PATH: usize = 1024;
 /// requests the worker allocates nothing and the writer thread frees nothing the worker allocated
 /// (a free from another thread was the writer's largest cost after `write()` itself); cut (on a
 /// character boundary, marked `…`) past [`MAX_LOGGED_PATH`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoggedPath(SmallVec<[u8; INLINE_PATH]>);
+
+impl std::fmt::Debug for LoggedPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
 
 impl LoggedPath {
     /// The path `p` as logged.

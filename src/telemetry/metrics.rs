@@ -271,6 +271,10 @@ pub enum LoginResult {
     ProviderUnavailable = 7,
     /// Every password-hashing slot stayed busy for the whole wait (429, not a limit).
     Busy = 8,
+    /// The password was right; the user's second factor is asked for next.
+    SecondFactorRequired = 9,
+    /// A one-time code came for a code step that had expired, was used up or never existed.
+    StepExpired = 10,
 }
 
 /// What a login attempt checked.
@@ -286,7 +290,7 @@ pub enum LoginMethod {
 
 const LOGIN_METHODS: [&str; 3] = ["password", "otp", "oidc"];
 
-const LOGIN_RESULTS: [&str; 9] = [
+const LOGIN_RESULTS: [&str; 11] = [
     "ok",
     "bad_credentials",
     "rate_limited",
@@ -296,6 +300,8 @@ const LOGIN_RESULTS: [&str; 9] = [
     "provider_refused",
     "provider_unavailable",
     "busy",
+    "second_factor_required",
+    "step_expired",
 ];
 
 /// Values read when a scrape is answered.

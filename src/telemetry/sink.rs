@@ -15,8 +15,8 @@ use super::access::AccessRecord;
 use super::audit::AuditEvent;
 use crate::config::LogFormat;
 
-/// Entries a sink queues at most. At ~200 bytes a record this is a few MiB: seconds of traffic
-/// at full speed, enough to ride out a consumer's hiccup, small enough to notice a dead one.
+/// Entries a sink queues at most. At 256 bytes an entry this is 4 MiB: about half a second
+/// of traffic at full speed (20 ms batches need a fortieth of it), enough to ride out a consumer's hiccup, small enough to notice a dead one.
 pub const QUEUE_CAPACITY: usize = 16_384;
 /// Bytes written per `write()` at most (a batch of lines).
 const BATCH_BYTES: usize = 256 * 1024;

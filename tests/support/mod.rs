@@ -609,15 +609,24 @@ pub fn signal(child: &std::process::Child, sig: &str) {
 /// blocks on a full pipe.
 pub async fn terminate_and_wait(
     child: Binary,
-    mut stderr: std::io::BufReader<std::process::ChildStderr>,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
 ) -> std::process::ExitStatus {
+    terminate_and_read(child, stderr).await.0
+}
+
+/// [`terminate_and_wait`], returning also the rest of its stderr: everything it logged, flushed
+/// on the way out (a killed gateway loses what its log writer had not written yet).
+pub async fn terminate_and_read(
+    child: Binary,
+    mut stderr: std::io::BufReader<std::process::ChildStderr>,
+) -> (std::process::ExitStatus, String) {
     signal(&child, "TERM");
     let pid = child.id().to_string();
     let mut child = child.into_inner();
     let status = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-        child.wait().unwrap()
+        (child.wait().unwrap(), rest)
     });
     match tokio::time::timeout(Duration::from_secs(30), status).await {
         Ok(s) => s.unwrap(),
