@@ -289,20 +289,28 @@ async fn form_login_asks_for_the_code_on_a_page_that_works_without_javascript() 
         .next()
         .unwrap()
         .to_string();
-    let r = client()
-        .post(gw.url("/.auth/login"))
-        .header("cookie", &csrf_cookie)
-        .form(&[
-            ("username", "alice"),
-            ("password", PASSWORD),
-            ("csrf", &csrf),
-            ("rd", "/app/page"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let step = cookie_named(&r, "authgate_2fa").unwrap();
+    // The password step through the form: its answer, with the code step's cookie.
+    let password_form = || {
+        let (gw, csrf_cookie, csrf) = (&gw, csrf_cookie.clone(), csrf.clone());
+        async move {
+            let r = client()
+                .post(gw.url("/.auth/login"))
+                .header("cookie", &csrf_cookie)
+                .form(&[
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                    ("csrf", &csrf),
+                    ("rd", "/app/page"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let step = cookie_named(&r, "authgate_2fa").unwrap();
+            (r, step)
+        }
+    };
+    let (r, step) = password_form().await;
     let page = r.text().await.unwrap();
     assert!(page.contains("action=\"/.auth/login/otp\""), "{page}");
     assert!(page.contains("autocomplete=\"one-time-code\""));
@@ -356,20 +364,7 @@ async fn form_login_asks_for_the_code_on_a_page_that_works_without_javascript() 
         .contains("/.auth/login?rd="));
     // A fresh step and three wrong codes: the third is answered by a redirect too, but it is a
     // wrong code all the same.
-    let r = client()
-        .post(gw.url("/.auth/login"))
-        .header("cookie", &csrf_cookie)
-        .form(&[
-            ("username", "alice"),
-            ("password", PASSWORD),
-            ("csrf", &csrf),
-            ("rd", "/app/page"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let step = cookie_named(&r, "authgate_2fa").unwrap();
+    let (_, step) = password_form().await;
     let good = code_at(&t, now());
     let wrong = if good == "000000" { "111111" } else { "000000" };
     for expect in [401, 401, 303] {

@@ -76,17 +76,6 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .value
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> (String, String) {
-    let r = client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
-    (ctype, r.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn metrics_listener_is_absent_unless_configured_and_never_on_the_public_listener() {
     let up = Upstream::start().await;
@@ -166,7 +155,7 @@ async fn metrics_after_real_traffic_parse_and_count_per_route_status_auth_and_lo
     let r = c.get(gw.url("/dead/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
 
-    let (ctype, text) = scrape(maddr).await;
+    let (ctype, text) = scrape_metrics_at(maddr).await;
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     let s = parse_metrics(&text);
     let req = "authgate_http_requests_total";
@@ -282,7 +271,7 @@ async fn metrics_count_reloads_and_survive_them() {
     gw.gateway().reload(good).unwrap();
     std::fs::write(&gw.config_path, "[server]\nnot_a_key = 1\n").unwrap();
     assert!(authgate::server::reload_from_file(gw.gateway().shared(), &gw.config_path).is_err());
-    let s = parse_metrics(&scrape(maddr).await.1);
+    let s = parse_metrics(&scrape_metrics_at(maddr).await.1);
     assert_eq!(
         value(&s, "authgate_config_reloads_total", &[("result", "ok")]),
         1.0
@@ -765,7 +754,7 @@ async fn upstream_errors_are_counted_by_kind_connect_tls_and_reset() {
         let r = client().get(gw.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 502, "{path}");
     }
-    let (_, text) = scrape(maddr).await;
+    let (_, text) = scrape_metrics_at(maddr).await;
     let s = parse_metrics(&text);
     let errors = "authgate_upstream_errors_total";
     for (route, kind) in [("refused", "connect"), ("dies", "reset"), ("tls", "tls")] {

@@ -446,13 +446,19 @@ pub fn client() -> reqwest::Client {
 /// The gateway's metrics exposition, scraped over HTTP (the gateway needs a `[metrics]` listener).
 pub async fn scrape_metrics(gw: &TestGateway) -> String {
     let addr = gw.gateway().metrics_addr().expect("no [metrics] listener");
+    scrape_metrics_at(addr).await.1
+}
+
+/// The content type and the text of the metrics exposition at `addr`.
+pub async fn scrape_metrics_at(addr: SocketAddr) -> (String, String) {
     let r = client()
         .get(format!("http://{addr}/metrics"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
+    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+    (ctype, r.text().await.unwrap())
 }
 
 /// The sum of the samples of `name` whose labels include every `label="value"` of `labels`.
